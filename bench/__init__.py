@@ -1,0 +1,1 @@
+"""The benchmark driver of tvm-attn (shipped as tvm_attn.bench)."""

@@ -1,0 +1,179 @@
+"""Every Apache TVM import of tvm-attn, and the 0.27 workarounds, in one place.
+
+Importing this module imports TVM (a few seconds); the rest of the package imports it lazily, so
+``import tvm_attn`` stays fast. The next rename in TVM is absorbed here and nowhere else.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import linecache
+import os
+import shutil
+import sys
+
+import tvm
+import tvm_ffi
+from tvm import tirx
+from tvm.s_tir import Schedule, TensorIntrin
+from tvm.s_tir import meta_schedule as ms
+from tvm.script import tirx as T
+from tvm.target import Target
+
+__all__ = [
+    "T", "Schedule", "Target", "TensorIntrin", "ms", "tirx", "tvm", "tvm_ffi",
+    "TVM_VERSION", "compile_module", "cuda_source", "compile_cuda_source", "cpu_target", "cuda_target",
+    "import_tensor_intrin", "mma_intrins", "fragment_map", "build_config",
+]
+
+TVM_VERSION: str = tvm.__version__
+
+# TVM compiles CUDA through NVRTC unless told otherwise; nvcc is what CUDA machines reliably have
+if shutil.which("nvcc"):
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+
+
+def cpu_target() -> Target:
+    """The LLVM target of this host, with its core count (0.27 takes targets as JSON dicts only)."""
+    return Target({"kind": "llvm", "num-cores": os.cpu_count() or 1})
+
+
+def cuda_target(arch: str = "sm_90a") -> Target:
+    """A CUDA target for ``arch`` (sm_90a: Hopper with the arch-specific instructions)."""
+    return Target({"kind": "cuda", "arch": arch})
+
+
+def _fast_stack(context: int = 1) -> list[inspect.FrameInfo]:
+    # inspect.stack() resolves a module per frame, which is slow inside an import; TVMScript only needs
+    # the file, line and source line of each frame.
+    frames = []
+    f = sys._getframe(1)
+    while f is not None:
+        fn, ln = f.f_code.co_filename, f.f_lineno
+        line = linecache.getline(fn, ln) if context else ""
+        frames.append(inspect.FrameInfo(f, fn, ln, f.f_code.co_name, [line] if line else None, 0 if line else None))
+        f = f.f_back
+    return frames
+
+
+@functools.cache
+def import_tensor_intrin() -> None:
+    """Register TVM's CUDA tensor intrinsics (5 s instead of about 60 s) and tvm-attn's bf16 ones.
+
+    Picklable and idempotent: MetaSchedule builder workers run it as their ``initializer``.
+    """
+    orig = inspect.stack
+    inspect.stack = _fast_stack
+    try:
+        import tvm.s_tir.tensor_intrin.cuda  # noqa: F401  (registers ~90 intrinsics)
+    finally:
+        inspect.stack = orig
+    _register_bf16()
+
+
+# TVM 0.27 registers f16, int8 and fp8 mma.sync intrinsics but no bf16 one. ldmatrix moves 16-bit words
+# whatever they mean, and mma.sync m16n8k16 has a bf16 x bf16 -> f32 form with the same fragment layouts,
+# so each bf16 intrinsic is the f16 one with the element type renamed.
+_BF16_FROM_F16 = {
+    "mma_bf16bf16f32": "mma_f16f16f32",
+    "mma_bf16bf16f32_trans_b": "mma_f16f16f32_trans_b",
+    "mma_ldmatrix_bf16_a_dyn": "mma_ldmatrix_f16_a_dyn",
+    "mma_ldmatrix_bf16_b_dyn": "mma_ldmatrix_f16_b_dyn",
+    "mma_ldmatrix_bf16_b_trans_dyn": "mma_ldmatrix_f16_b_trans_dyn",
+}
+_BF16_PREFIX = "tvm_attn_"
+
+
+def _register_bf16() -> None:
+    for name, f16_name in _BF16_FROM_F16.items():
+        full = _BF16_PREFIX + name
+        try:
+            TensorIntrin.get(full)
+            continue
+        except Exception:  # noqa: BLE001  (not registered yet: TVM raises a generic error)
+            pass
+        src = TensorIntrin.get(f16_name)
+        desc, impl = (
+            tvm.script.from_source(
+                f.script().replace('"float16"', '"bfloat16"').replace('"fp16"', '"bf16"')
+                .replace("T.float16", "T.bfloat16")
+            )
+            for f in (src.desc, src.impl)
+        )
+        TensorIntrin.register(full, desc, impl)
+
+
+def mma_intrins(dtype: str) -> dict[str, str]:
+    """Names of the ldmatrix (from ``shared.dyn``) and m16n8k16 mma intrinsics for fp16 or bf16 operands.
+
+    ``_nk``: the B operand is stored [N, K] (Kᵀ in S = Q Kᵀ); ``_kn``: stored [K, N] (V in P V). Tensorize
+    cannot tell the two ldmatrix forms apart (their descriptions match the same copy), so pick by name.
+    """
+    import_tensor_intrin()
+    if dtype == "float16":
+        return {"load_a": "mma_ldmatrix_f16_a_dyn", "load_b_kn": "mma_ldmatrix_f16_b_dyn",
+                "load_b_nk": "mma_ldmatrix_f16_b_trans_dyn",
+                "mma": "mma_f16f16f32", "mma_b_nk": "mma_f16f16f32_trans_b"}
+    if dtype == "bfloat16":
+        p = _BF16_PREFIX
+        return {"load_a": p + "mma_ldmatrix_bf16_a_dyn", "load_b_kn": p + "mma_ldmatrix_bf16_b_dyn",
+                "load_b_nk": p + "mma_ldmatrix_bf16_b_trans_dyn",
+                "mma": p + "mma_bf16bf16f32", "mma_b_nk": p + "mma_bf16bf16f32_trans_b"}
+    raise ValueError(f"no tensor-core intrinsics for dtype {dtype!r}")
+
+
+def fragment_map(i, j):
+    """(row, col) of a 16x16 tile -> (lane, register) of the mma.sync A/C fragment."""
+    import_tensor_intrin()
+    from tvm.s_tir.tensor_intrin.cuda import shared_16x16_to_ldmatrix_32x8_layout
+
+    return shared_16x16_to_ldmatrix_32x8_layout(i, j)
+
+
+# --- LowerWarpMemory --------------------------------------------------------------------------------
+# 0.27's LowerWarpMemory lowers only the first warp-scope allocation among siblings; the others stay
+# per-thread copies of the whole warp tile and cross-lane reads come out wrong. Running the pass until
+# nothing changes lowers them all. The s_tir pipeline builds its pass list on every compile, so the
+# pass is replaced where the pipeline looks it up.
+_LWM_ORIG = tirx.transform.LowerWarpMemory
+
+
+def _lower_warp_memory_repeated() -> tvm.transform.Pass:
+    return tvm.transform.Sequential([_LWM_ORIG() for _ in range(16)], name="LowerWarpMemoryRepeated")
+
+
+def _patch_lower_warp_memory() -> None:
+    tirx.transform.LowerWarpMemory = _lower_warp_memory_repeated
+
+
+def build_config(async_copy: bool = True) -> dict:
+    """PassContext options every CUDA flash build needs: CSE off (it hides the lane index from
+    LowerWarpMemory) and cp.async for the pipelined K/V copies."""
+    return {"tirx.disable_cse_tir": True, "tirx.use_async_copy": async_copy,
+            "tirx.UnrollLoop": {"explicit_unroll": False}}
+
+
+def compile_module(mod, target: Target, config: dict | None = None):
+    """``tvm.compile`` under a PassContext; CUDA builds get the warp-memory workaround."""
+    if target.kind.name == "cuda":
+        import_tensor_intrin()
+        _patch_lower_warp_memory()
+    with tvm.transform.PassContext(opt_level=3, config=config or {}):
+        return tvm.compile(mod, target=target)
+
+
+def cuda_source(executable) -> str:
+    """The CUDA C++ of a module built for a CUDA target."""
+    return executable.mod.imports[0].inspect_source()
+
+
+def compile_cuda_source(src: str, arch: str = "sm_90a", fmt: str = "cubin") -> bytes:
+    """Compile CUDA C++ with nvcc for ``arch`` (works without a GPU)."""
+    from tvm.support.nvcc import compile_cuda
+
+    with cuda_target(arch):
+        return compile_cuda(src, target_format=fmt, compiler="nvcc")
+
+
+def device_for(kind: str, index: int = 0):
+    return tvm.cuda(index) if kind == "cuda" else tvm.cpu(index)
