@@ -22,13 +22,15 @@ if not os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "s
         os.path.isfile(os.path.join(_root, "schedules", "flash.py")):
     __path__.append(_root)  # noqa: F821  (the package's own search path)
 
-_API = {"flash_attention", "flash_attention_varlen"}
+# public name -> module that defines it (importing the module registers its torch ops)
+_API = {
+    "flash_attention": ".api",
+    "flash_attention_varlen": ".api",
+}
 __all__ = sorted(_API)
 
 
 def __getattr__(name: str):
     if name in _API:
-        from . import torch_ops  # noqa: F401  (registers torch.ops.tvm_attn.*)
-
-        return getattr(importlib.import_module(".api", __name__), name)
+        return getattr(importlib.import_module(_API[name], __name__), name)
     raise AttributeError(f"module 'tvm_attn' has no attribute {name!r}")

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from . import torch_ops  # noqa: F401  (registers torch.ops.tvm_attn.flash_fwd*)
 from .ops.flash import CPU_HEAD_DIMS, HEAD_DIMS
 
 _DTYPES = {"cuda": (torch.float16, torch.bfloat16), "cpu": (torch.float32, torch.float16, torch.bfloat16)}

@@ -57,7 +57,7 @@ class DeviceTarget:
 class Kernel:
     """A compiled specialisation: ``fn(*tensors, *scalars)`` in destination-passing style."""
 
-    spec: KernelSpec
+    spec: Any  # KernelSpec for flash; each family's own spec type otherwise
     target: DeviceTarget
     schedule: str  # "cpu", "default:<variant>" or "tuned:<record id>"
     fn: Callable[..., Any]
@@ -108,10 +108,16 @@ _loaded: dict[str, Kernel] = {}
 
 
 def get(spec: KernelSpec, device) -> Kernel:
-    """The compiled kernel of ``spec`` for a torch device: in-process cache, disk cache, or a build."""
+    """The compiled flash kernel of ``spec`` for a torch device."""
     tgt = device_target(device)
     plan = _plan(spec, tgt)
-    key = f"{spec.key}-{tgt.tag}-{plan.name}-{_tvm_version()}-{source_digest()}"
+    return compiled(spec.key, spec, tgt, plan)
+
+
+def compiled(name: str, spec: Any, tgt: DeviceTarget, plan: "Plan") -> Kernel:
+    """Generic cache: the module ``plan.build()`` makes, keyed by ``name`` (a readable specialisation
+    name), target, schedule, TVM version and source digest; in-process first, then on disk."""
+    key = f"{name}-{tgt.tag}-{plan.name}-{_tvm_version()}-{source_digest()}"
     kern = _loaded.get(key)
     if kern is not None:
         return kern
@@ -196,7 +202,7 @@ def _tvm_version() -> str:
     return "tvm" + version("apache-tvm")
 
 
-def _load_or_build(key: str, spec: KernelSpec, tgt: DeviceTarget, plan: Plan) -> Kernel:
+def _load_or_build(key: str, spec: Any, tgt: DeviceTarget, plan: Plan) -> Kernel:
     from . import _tvm
 
     path = cache_dir() / f"{key}.so"
