@@ -197,9 +197,9 @@ def build_cuda(spec: KernelSpec, variant, arch: str = "sm_90a"):
 
 
 def _tvm_version() -> str:
-    from importlib.metadata import version
+    from . import _tvm
 
-    return "tvm" + version("apache-tvm")
+    return "tvm" + _tvm.TVM_VERSION
 
 
 def _load_or_build(key: str, spec: Any, tgt: DeviceTarget, plan: Plan) -> Kernel:

@@ -1,0 +1,253 @@
+"""The benchmark driver: registry shapes, exact FLOPs/bytes, a correctness gate, baselines timed in the
+same run, device ceilings, results with provenance.
+
+    tvm-attn bench [--op flash_fwd] [--shapes quick|anchors|FILE.json] [--baselines sdpa-flash,...]
+                   [--dtype bfloat16] [--out bench/results]      (also: python -m bench)
+
+No speed is reported for an op that fails its check against the fp32 reference.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from tvm_attn import registry
+
+from .baselines import BASELINES, DEFAULT_CPU, DEFAULT_CUDA
+
+REPO = Path(__file__).resolve().parent.parent
+L2_DEFAULT = 50 << 20
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def time_calls(fns: Sequence[Callable[[], object]], device: str, *, warmup: int = 3, min_s: float = 0.3,
+               max_reps: int = 200) -> float:
+    """Median seconds per call, cycling through ``fns`` (the same op on rotated input sets)."""
+    for i in range(warmup):
+        fns[i % len(fns)]()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        probe = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        probe[0].record()
+        fns[0]()
+        probe[1].record()
+        torch.cuda.synchronize()
+        est = max(probe[0].elapsed_time(probe[1]) / 1e3, 1e-6)
+        reps = int(min(max_reps, max(10, min_s / est)))
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for i, (a, b) in enumerate(events):
+            a.record()
+            fns[i % len(fns)]()
+            b.record()
+        torch.cuda.synchronize()
+        return statistics.median(a.elapsed_time(b) / 1e3 for a, b in events)
+    times = []
+    t_end = time.perf_counter() + min_s
+    while len(times) < 5 or (time.perf_counter() < t_end and len(times) < max_reps):
+        t = time.perf_counter()
+        fns[len(times) % len(fns)]()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def ceilings(device: str) -> dict:
+    """Copy bandwidth (bytes read + written) and bf16/fp32 GEMM rate, measured now on this device."""
+    if device == "cuda":
+        n = 1 << 28
+        a = torch.empty(n, dtype=torch.uint8, device="cuda")
+        b = torch.empty_like(a)
+        t_copy = time_calls([lambda: b.copy_(a)], device)
+        m = 8192
+        x = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+        y = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+        t_mm = time_calls([lambda: x @ y], device)
+        return {"copy_TBps": 2 * n / t_copy / 1e12, "gemm_bf16_8192_TFLOPs": 2 * m**3 / t_mm / 1e12}
+    m = 1024
+    x, y = torch.randn(m, m), torch.randn(m, m)
+    t_mm = time_calls([lambda: x @ y], device)
+    return {"gemm_fp32_1024_TFLOPs": 2 * m**3 / t_mm / 1e12}
+
+
+# ------------------------------------------------------------------------------------- correctness gate
+def _slice_spec(entry, shape) -> dict[str, slice]:
+    # a slice of the problem whose fp32 reference fits in memory: first batch row, one kv head and the
+    # query heads that read it (registry dim names drive the slicing)
+    if "B" not in entry.symbolic_axes or shape.get("B", 1) * shape.get("Hq", 1) <= 4:
+        return {}
+    return {"B": slice(0, 1), "Hq": slice(0, shape["Hq"] // shape["Hkv"]), "Hkv": slice(0, 1)}
+
+
+def _apply_slice(t, dims, sl):
+    if not isinstance(t, torch.Tensor):
+        return t
+    return t[tuple(sl.get(d, slice(None)) for d in dims)]
+
+
+def check(entry, shape, inputs, outputs) -> dict:
+    """FlashAttention's rule on the first output: error <= 2 x error of the low-precision reference + rounding."""
+    sl = _slice_spec(entry, shape)
+    ins = {t.name: _apply_slice(inputs[t.name], t.dims, sl) for t in entry.inputs}
+    ins.update({k: v for k, v in inputs.items() if k not in ins})
+    out = outputs[0] if isinstance(outputs, tuple) else outputs
+    out = _apply_slice(out, entry.outputs[0].dims, sl)
+    params = entry.params(shape)
+    ref = entry.reference(**ins, **params)
+    ref = (ref[0] if isinstance(ref, tuple) else ref).float()
+    low = entry.reference(**ins, **params, upcast=False)
+    low = (low[0] if isinstance(low, tuple) else low).float()
+    err = float((out.float() - ref).abs().max())
+    err_low = float((low - ref).abs().max())
+    r = ref.to(out.dtype)
+    bound = 2 * err_low + 2 * float(((r + 0.3 - 0.3) - r).abs().max()) + (1e-5 if out.dtype == torch.float32 else 0)
+    ok = bool(torch.isfinite(out).all()) and err <= bound
+    return {"ok": ok, "max_err": err, "bound": bound, "ref_lowp_err": err_low, "sliced": bool(sl)}
+
+
+# ------------------------------------------------------------------------------------------- the run
+def load_shapes(entry, which: str) -> tuple[dict, ...]:
+    if which.endswith(".json"):
+        data = json.loads(Path(which).read_text())
+        return tuple(data.get(entry.name, ()))
+    return tuple(entry.shapes.get(which, ()))
+
+
+def _rotations(inputs: dict, l2: int) -> int:
+    size = sum(t.numel() * t.element_size() for t in inputs.values() if isinstance(t, torch.Tensor))
+    return 1 if size >= 2 * l2 else min(8, math.ceil(2 * l2 / max(size, 1)))
+
+
+def bench_point(entry, shape, dtype: str, device: str, baselines: Sequence[str], l2: int) -> dict:
+    row = {"op": entry.name, "shape": dict(shape), "dtype": dtype, "flops": entry.flops(shape),
+           "bytes": entry.bytes(shape, dtype)}
+    sets = [entry.make_inputs(shape, getattr(torch, dtype), device, seed=0)]
+    n_rot = _rotations(sets[0], l2)  # several input sets when one fits in L2, so we time memory, not cache
+    sets += [entry.make_inputs(shape, getattr(torch, dtype), device, seed=s) for s in range(1, n_rot)]
+    try:
+        outputs = entry.run(sets[0], shape)
+    except Exception as e:  # noqa: BLE001  (reported, not raised: the other points still run)
+        row["error"] = f"{type(e).__name__}: {e}"[:300]
+        return row
+    row["check"] = check(entry, shape, sets[0], outputs)
+    del outputs
+    if not row["check"]["ok"]:
+        return row
+    row["schedule"] = _schedule_of(entry, shape, dtype, device)
+    row["ours_s"] = time_calls([lambda s=s: entry.run(s, shape) for s in sets], device)
+    row["baselines"] = {}
+    for name in baselines:
+        fns = [BASELINES[name](entry, shape, s) for s in sets]
+        if isinstance(fns[0], str):
+            row["baselines"][name] = {"missing": fns[0]}
+            continue
+        row["baselines"][name] = {"s": time_calls(fns, device)}
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def _schedule_of(entry, shape, dtype: str, device: str) -> str | None:
+    # which compiled schedule served this point (default decision or a tuned record id)
+    from tvm_attn import kernels
+
+    if entry.family != "flash":
+        return None
+    spec = kernels.KernelSpec(entry.name, shape["D"], shape["Hq"] // shape["Hkv"], dtype, shape["causal"])
+    return kernels.get(spec, torch.device(device)).schedule
+
+
+def provenance(device: str) -> dict:
+    from tvm_attn import _tvm
+
+    info = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": device,
+            "torch": torch.__version__, "tvm": _tvm.TVM_VERSION, "tvm_ffi": _tvm.tvm_ffi.__version__,
+            "python": platform.python_version(), "host": platform.node()}
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                     text=True, timeout=10).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        info["git_dirty"] = bool(dirty)
+    except OSError:
+        info["git"] = None
+    if device == "cuda":
+        from tvm_attn.gpu import card_info
+
+        info["card"] = card_info()
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except ImportError:
+            pass
+    else:
+        info["card"] = {"name": platform.processor() or platform.machine(), "key": "cpu", "cores": os.cpu_count()}
+    return info
+
+
+def run(ops: Sequence[str] | None = None, shapes: str = "quick", baselines: Sequence[str] | None = None,
+        dtype: str | None = None, out: Path | None = None, device: str | None = None) -> dict:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    baselines = list(baselines if baselines is not None else (DEFAULT_CUDA if device == "cuda" else DEFAULT_CPU))
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
+    entries = [registry.get(o) for o in ops] if ops else registry.all_ops()
+    result = {"provenance": provenance(device), "ceilings": ceilings(device), "rows": []}
+    l2 = (result["provenance"]["card"].get("l2_bytes") or L2_DEFAULT) if device == "cuda" else L2_DEFAULT
+    for entry in entries:
+        dts = [dtype] if dtype else [entry.dtypes[device][0] if device == "cpu" else "bfloat16"]
+        for shape in load_shapes(entry, shapes):
+            for dt in dts:
+                row = bench_point(entry, shape, dt, device, baselines, l2)
+                result["rows"].append(row)
+                print(format_row(row, result["ceilings"]), flush=True)
+    if out is not None:
+        write(result, Path(out))
+    return result
+
+
+# ------------------------------------------------------------------------------------------ reporting
+def _shape_str(s: dict) -> str:
+    if "seqlens_q" in s:
+        return f"varlen N={len(s['seqlens_q'])} H={s['Hq']}/{s['Hkv']} D={s['D']}{' causal' if s['causal'] else ''}"
+    return (f"B={s['B']} Tq={s['Tq']} Tk={s['Tk']} H={s['Hq']}/{s['Hkv']} D={s['D']}"
+            f"{' causal' if s.get('causal') else ''}")
+
+
+def format_row(row: dict, ceil: dict) -> str:
+    head = f"{row['op']:<18} {_shape_str(row['shape']):<44} {row['dtype']:<9}"
+    if "error" in row:
+        return f"{head} ERROR {row['error']}"
+    if not row["check"]["ok"]:
+        return f"{head} FAILED check: err {row['check']['max_err']:.2e} > {row['check']['bound']:.2e} (no timing)"
+    t = row["ours_s"]
+    parts = [f"{t * 1e3:8.3f} ms {row['flops'] / t / 1e12:7.1f} TFLOP/s"]
+    if "gemm_bf16_8192_TFLOPs" in ceil:
+        parts.append(f"{100 * row['flops'] / t / 1e12 / ceil['gemm_bf16_8192_TFLOPs']:4.0f}% of GEMM")
+    for name, b in row["baselines"].items():
+        parts.append(f"{name} -" if "missing" in b else f"{name} {b['s'] / t:.2f}x")
+    return f"{head} " + " | ".join(parts)
+
+
+def write(result: dict, out: Path) -> Path:
+    key = result["provenance"]["card"]["key"]
+    stamp = result["provenance"]["date"].replace(":", "").replace("-", "")[:15]
+    folder = out / key
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"bench-{stamp}.json"
+    path.write_text(json.dumps(result, indent=1))
+    from .report import render
+
+    render(path)
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,55 @@
+"""The ``tvm-attn`` command: demo, bench, and (as they land) tune, list, show, export, run-onnx."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+# modules that add sub-commands: each has add_commands(subparsers)
+_COMMAND_MODULES = ("tvm_attn.demo",)
+_OPTIONAL_COMMAND_MODULES = ("tvm_attn.export.cli", "tvm_attn.tune.cli")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tvm_attn.bench import driver, report
+
+    result = driver.run(ops=args.op or None, shapes=args.shapes,
+                        baselines=args.baselines.split(",") if args.baselines is not None else None,
+                        dtype=args.dtype, out=Path(args.out) if args.out else None)
+    if args.update_readme:
+        report.update_readme()
+    failed = [r for r in result["rows"] if "ours_s" not in r]
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tvm-attn", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="time ops against baselines (correctness-gated)")
+    b.add_argument("--op", action="append", help="op name from the registry (repeatable; default all)")
+    b.add_argument("--shapes", default="quick", help="quick | anchors | FILE.json ({op: [shape, ...]})")
+    b.add_argument("--baselines", default=None, help="comma list: sdpa-flash,sdpa-cudnn,sdpa-efficient,"
+                   "sdpa-math,flex,fla (default: all that apply to the device)")
+    b.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
+    b.add_argument("--out", default=None, help="results folder (JSON + markdown + PNG under <out>/<gpu-key>/)")
+    b.add_argument("--update-readme", action="store_true", help="regenerate the README's performance section")
+    b.set_defaults(func=_bench)
+    for mod in _COMMAND_MODULES:
+        importlib.import_module(mod).add_commands(sub)
+    for mod in _OPTIONAL_COMMAND_MODULES:
+        try:
+            importlib.import_module(mod).add_commands(sub)
+        except ModuleNotFoundError as e:
+            if e.name not in (mod, mod.rsplit(".", 1)[0]):
+                raise
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
