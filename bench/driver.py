@@ -195,7 +195,8 @@ def provenance(device: str) -> dict:
 
 
 def run(ops: Sequence[str] | None = None, shapes: str = "quick", baselines: Sequence[str] | None = None,
-        dtype: str | None = None, out: Path | None = None, device: str | None = None) -> dict:
+        dtype: str | None = None, out: Path | None = None, device: str | None = None,
+        where: dict[str, str] | None = None) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     baselines = list(baselines if baselines is not None else (DEFAULT_CUDA if device == "cuda" else DEFAULT_CPU))
     unknown = [b for b in baselines if b not in BASELINES]
@@ -207,6 +208,8 @@ def run(ops: Sequence[str] | None = None, shapes: str = "quick", baselines: Sequ
     for entry in entries:
         dts = [dtype] if dtype else [entry.dtypes[device][0] if device == "cpu" else "bfloat16"]
         for shape in load_shapes(entry, shapes):
+            if any(str(shape.get(k)) != v for k, v in (where or {}).items()):
+                continue
             for dt in dts:
                 row = bench_point(entry, shape, dt, device, baselines, l2)
                 result["rows"].append(row)

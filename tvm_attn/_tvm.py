@@ -9,6 +9,7 @@ import functools
 import inspect
 import linecache
 import os
+import re
 import shutil
 import sys
 
@@ -93,14 +94,17 @@ def _register_bf16() -> None:
         except Exception:  # noqa: BLE001  (not registered yet: TVM raises a generic error)
             pass
         src = TensorIntrin.get(f16_name)
-        desc, impl = (
-            tvm.script.from_source(
-                f.script().replace('"float16"', '"bfloat16"').replace('"fp16"', '"bf16"')
-                .replace("T.float16", "T.bfloat16")
-            )
-            for f in (src.desc, src.impl)
-        )
+        desc, impl = (tvm.script.from_source(_bf16_script(f.script())) for f in (src.desc, src.impl))
         TensorIntrin.register(full, desc, impl)
+
+
+def _bf16_script(script: str) -> str:
+    text = script.replace('"float16"', '"bfloat16"').replace('"fp16"', '"bf16"').replace("T.float16", "T.bfloat16")
+    # The printed ldmatrix call drops its element-type argument, and re-parsed without one it defaults to
+    # int8, for which codegen replaces ldmatrix.trans by a scalar loop. The element type only scales the
+    # offsets (2 bytes either way), so name the 16-bit type codegen knows.
+    return re.sub(r"(T\.ptx_legacy\.ldmatrix\(.*)\)[ \t]*$", lambda m: m.group(1) + ', dtype="float16")', text,
+                  flags=re.M)
 
 
 def mma_intrins(dtype: str) -> dict[str, str]:
@@ -177,3 +181,12 @@ def compile_cuda_source(src: str, arch: str = "sm_90a", fmt: str = "cubin") -> b
 
 def device_for(kind: str, index: int = 0):
     return tvm.cuda(index) if kind == "cuda" else tvm.cpu(index)
+
+
+# --- Relax and its ONNX frontend (export/: ONNX -> TVM) ---------------------------------------------
+def relax_onnx():
+    """``(relax, onnx_frontend)``: TVM Relax and the module of its ONNX frontend, imported on first use."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return relax, onnx_frontend

@@ -14,7 +14,8 @@ _OPTIONAL_COMMAND_MODULES = ("tvm_attn.export.cli", "tvm_attn.tune.cli")
 def _bench(args: argparse.Namespace) -> int:
     from tvm_attn.bench import driver, report
 
-    result = driver.run(ops=args.op or None, shapes=args.shapes,
+    where = dict(w.split("=", 1) for w in args.where)
+    result = driver.run(ops=args.op or None, shapes=args.shapes, where=where,
                         baselines=args.baselines.split(",") if args.baselines is not None else None,
                         dtype=args.dtype, out=Path(args.out) if args.out else None)
     if args.update_readme:
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shapes", default="quick", help="quick | anchors | FILE.json ({op: [shape, ...]})")
     b.add_argument("--baselines", default=None, help="comma list: sdpa-flash,sdpa-cudnn,sdpa-efficient,"
                    "sdpa-math,flex,fla (default: all that apply to the device)")
+    b.add_argument("--where", action="append", default=[], metavar="AXIS=VALUE",
+                   help="keep only shapes with this axis value, e.g. --where D=128 (repeatable)")
     b.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
     b.add_argument("--out", default=None, help="results folder (JSON + markdown + PNG under <out>/<gpu-key>/)")
     b.add_argument("--update-readme", action="store_true", help="regenerate the README's performance section")
