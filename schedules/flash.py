@@ -43,18 +43,21 @@ class FlashVariant:
         return f"m{self.block_m}n{self.block_n}s{self.stages}"
 
 
-# default decisions per head dim (FA2-class defaults measured on an H100 by the probes)
+# default decisions per head dim: the largest tiles whose fragments fit in 255 registers without spilling
+# (ptxas -v on sm_90a, bf16, causal); tuned records replace them per GPU
 DEFAULT_VARIANTS: dict[int, FlashVariant] = {
-    64: FlashVariant(block_m=128, block_n=128, stages=1, warps=4),
+    64: FlashVariant(block_m=128, block_n=64, stages=1, warps=4),
     128: FlashVariant(block_m=128, block_n=64, stages=1, warps=4),
     256: FlashVariant(block_m=64, block_n=32, stages=1, warps=4),
 }
 
-# the variants the tuner explores per head dim
+# the compute variants the tuner explores per head dim (one MetaSchedule task each). Three-stage K/V
+# pipelines are left out: InjectSoftwarePipeline guards their two-tile prologue with a branch on the
+# symbolic trip count, inside which the barrier pass refuses to insert __syncthreads.
 VARIANT_SPACE: dict[int, tuple[FlashVariant, ...]] = {
-    64: tuple(FlashVariant(m, n, s) for m in (64, 128) for n in (64, 128) for s in (1, 2)),
-    128: tuple(FlashVariant(m, n, s) for m in (64, 128) for n in (32, 64) for s in (1, 2)),
-    256: tuple(FlashVariant(m, n, s) for m in (64,) for n in (32, 64) for s in (1,)),
+    64: tuple(FlashVariant(m, n, 1) for m in (64, 128) for n in (32, 64, 128)),
+    128: tuple(FlashVariant(m, n, s) for m in (64, 128) for n in (32, 64) for s in (0, 1)),
+    256: tuple(FlashVariant(64, n, 1) for n in (32, 64)),
 }
 
 # statements in the body of the key-tile loop once both reductions are decomposed:
@@ -79,9 +82,29 @@ def _read_index(sch: Schedule, blk, name: str) -> int:
     raise KeyError(name)
 
 
+def detach(sch: Schedule) -> None:
+    """Give the schedule its own copy of every block before transforming anything.
+
+    TVM 0.27's copy-on-write judges a block by the block node alone, not by the SBlockRealize that
+    holds it; once an ancestor has been copied, a nested block's realize is shared with the original
+    function while the block looks unique, and the next transformation inside it mutates the original
+    in place. MetaSchedule replays every candidate on the same task function, so that corrupts
+    tuning. Re-creating each block top-down (an annotate / unannotate pair) makes every block on the
+    schedule's tree its own.
+    """
+    frontier = [sch.get_sblock("root")]
+    while frontier:
+        children = [c for b in frontier for c in sch.get_child_blocks(b)]
+        for c in children:
+            sch.annotate(c, "tvm_attn.detach", 1)
+            sch.unannotate(c, "tvm_attn.detach")
+        frontier = children
+
+
 def apply_cuda(sch: Schedule, variant: FlashVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule ``sch`` (a flash forward PrimFunc built with ``variant``'s tiles, smem "shared.dyn",
     warp "warp") for tensor cores. ``tunable`` samples the knobs instead of taking the defaults."""
+    detach(sch)
     BM, BN = variant.block_m, variant.block_n
     intrin = mma_intrins(dtype)
     mt = BM // 16
@@ -211,7 +234,7 @@ def _bind_fragment_init(sch: Schedule, name: str) -> None:
 
 
 def cuda_space(variant: FlashVariant, dtype: str):
-    """MetaSchedule space function over one variant: warp split, copy width and unroll are sampled."""
+    """MetaSchedule space function over one variant: the warp split and the copy width are sampled."""
 
     def space(sch: Schedule) -> None:
         apply_cuda(sch, variant, dtype, tunable=True)
@@ -219,13 +242,30 @@ def cuda_space(variant: FlashVariant, dtype: str):
     return space
 
 
-def apply_cpu(sch: Schedule) -> None:
-    """LLVM schedule: one (sequence, head, query tile) per task in parallel, inner loops vectorised."""
+def cpu_space(sch: Schedule) -> None:
+    """MetaSchedule space function of the LLVM schedule."""
+    apply_cpu(sch, tunable=True)
+
+
+def apply_cpu(sch: Schedule, *, tunable: bool = False) -> None:
+    """LLVM schedule: one (sequence, head, query tile) per task in parallel, inner loops vectorised.
+
+    Knobs (``tunable``): the vector width of the softmax exponentials (a split of P's columns) and the
+    unroll depth of the tile body."""
+    detach(sch)
     b, h, qt = sch.get_loops("tile")
     sch.parallel(sch.fuse(b, h, qt))
-    for name in ("Q_load", "V_load", "O_init", "O_store", "P_exp"):
+    for name in ("Q_load", "V_load", "O_init", "O_store"):
         blk = sch.get_sblock(name)
         sch.vectorize(sch.get_loops(blk)[-1])
+    p_blk = sch.get_sblock("P_exp")
+    j = sch.get_loops(p_blk)[-1]
+    n = sch.get(j).extent.value
+    factors = sch.sample_perfect_tile(j, n=2, max_innermost_factor=16,
+                                      decision=None if tunable else [n // min(n, 16), min(n, 16)])
+    sch.vectorize(sch.split(j, factors)[1])
+    unroll = sch.sample_categorical([0, 16, 64], [1 / 3] * 3, decision=None if tunable else 0)
+    sch.annotate(sch.get_sblock("tile"), "meta_schedule.unroll_explicit", unroll)
     # S[i, j] += Q[i, k] K[j, k] and O[i, d] += P[i, k] V[k, d]: the reduction outside the output column,
     # so the innermost loop is an axpy over a row that LLVM vectorises
     sch.transform_layout(sch.get_sblock("K_load"), ("write", 0), lambda j, d: (d, j))  # Kᵀ: rows contiguous in j

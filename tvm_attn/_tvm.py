@@ -17,12 +17,14 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 from tvm.s_tir import Schedule, TensorIntrin
+from tvm.s_tir.schedule import Trace
 from tvm.s_tir import meta_schedule as ms
 from tvm.script import tirx as T
+from tvm.ir.utils import derived_object
 from tvm.target import Target
 
 __all__ = [
-    "T", "Schedule", "Target", "TensorIntrin", "ms", "tirx", "tvm", "tvm_ffi",
+    "T", "Schedule", "Target", "Trace", "derived_object", "TensorIntrin", "ms", "tirx", "tvm", "tvm_ffi",
     "TVM_VERSION", "compile_module", "cuda_source", "compile_cuda_source", "cpu_target", "cuda_target",
     "import_tensor_intrin", "mma_intrins", "fragment_map", "build_config",
 ]
@@ -190,3 +192,26 @@ def relax_onnx():
     from tvm.relax.frontend.onnx import onnx_frontend
 
     return relax, onnx_frontend
+
+
+# --- linear-attention family (tvm_attn.ops.linear) ---------------------------------------------------
+def compile_with_shared_memory(mod, target: Target, config: dict | None = None):
+    """``compile_module`` that also reports the kernel's dynamic shared memory in bytes (the merged
+    ``shared.dyn`` pool, read after MergeSharedMemoryAllocations; 0 when there is none)."""
+    import re
+
+    sizes: list[int] = []
+
+    @tvm.instrument.pass_instrument
+    class _SharedMemory:
+        def run_after_pass(self, mod, info):
+            if info.name.endswith("MergeSharedMemoryAllocations"):
+                sizes.extend(int(n) for n in re.findall(
+                    r'alloc_buffer\(\((\d+),\), "uint8", scope="shared\.dyn"\)', mod.script()))
+
+    if target.kind.name == "cuda":
+        import_tensor_intrin()
+        _patch_lower_warp_memory()
+    with tvm.transform.PassContext(opt_level=3, config=config or {}, instruments=[_SharedMemory()]):
+        ex = tvm.compile(mod, target=target)
+    return ex, max(sizes, default=0)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 # modules that add sub-commands: each has add_commands(subparsers)
-_COMMAND_MODULES = ("tvm_attn.demo",)
-_OPTIONAL_COMMAND_MODULES = ("tvm_attn.export.cli", "tvm_attn.tune.cli")
+_COMMAND_MODULES = ("tvm_attn.demo", "tvm_attn.tune.cli")
+_OPTIONAL_COMMAND_MODULES = ("tvm_attn.export.cli",)
 
 
 def _bench(args: argparse.Namespace) -> int:

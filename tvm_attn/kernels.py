@@ -43,14 +43,15 @@ class KernelSpec:
 
 @dataclass(frozen=True)
 class DeviceTarget:
-    """Where a kernel runs: ``cpu`` or ``cuda`` with its architecture (``sm_90a``)."""
+    """Where a kernel runs: ``cpu`` or ``cuda`` with its architecture (``sm_90a``) and card key (``h100``)."""
 
     kind: str
     arch: str | None = None
+    card: str = "cpu"
 
     @property
     def tag(self) -> str:
-        return self.kind if self.arch is None else f"{self.kind}_{self.arch}"
+        return self.kind if self.arch is None else f"{self.kind}_{self.arch}_{self.card}"
 
 
 @dataclass
@@ -80,8 +81,11 @@ def device_target(device) -> DeviceTarget:
 def _cuda_target(index: int) -> DeviceTarget:
     import torch
 
+    from .gpu import gpu_key
+
     major, minor = torch.cuda.get_device_capability(index)
-    return DeviceTarget("cuda", f"sm_{major}{minor}{'a' if major >= 9 else ''}")
+    return DeviceTarget("cuda", f"sm_{major}{minor}{'a' if major >= 9 else ''}",
+                        gpu_key(torch.cuda.get_device_name(index)))
 
 
 def cache_dir() -> Path:
@@ -138,13 +142,25 @@ class Plan:
 
 
 def _plan(spec: KernelSpec, tgt: DeviceTarget) -> Plan:
-    from . import schedules  # noqa: F401  (shipped as tvm_attn.schedules)
-    from .schedules import flash as sched
+    """The tuned record of (spec, card) when one applies, else the default decision."""
+    from .tune import dispatch
 
+    best = dispatch.lookup(spec, tgt)
+    return tuned_plan(spec, tgt, best) if best is not None else default_plan(spec, tgt)
+
+
+def default_plan(spec: KernelSpec, tgt: DeviceTarget) -> Plan:
     if tgt.kind == "cpu":
-        return Plan("cpu", lambda: build_cpu(spec))
+        return Plan("cpu_default", lambda: build_cpu(spec))
     variant = default_variant(spec)
     return Plan(f"default_{variant.key}w{variant.warps}v{variant.vec}", lambda: build_cuda(spec, variant, tgt.arch))
+
+
+def tuned_plan(spec: KernelSpec, tgt: DeviceTarget, best) -> Plan:
+    """A plan replaying a tuned trace (``tune.run.Best``) onto the symbolic function."""
+    from .tune import dispatch
+
+    return Plan(f"tuned_{best.record_id}", lambda: dispatch.build_tuned(spec, tgt, best))
 
 
 def default_variant(spec: KernelSpec):

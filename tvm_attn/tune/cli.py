@@ -1,0 +1,120 @@
+"""``tvm-attn tune``, ``tvm-attn list`` and ``tvm-attn show``."""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+
+def _specs(args) -> list:
+    from tvm_attn.kernels import KernelSpec
+
+    masks = [False, True] if args.causal == "both" else [args.causal == "yes"]
+    return [KernelSpec(args.op, d, g, dt, c)
+            for d, g, dt, c in itertools.product(args.head_dim, args.group, args.dtype, masks)]
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from tvm_attn.tune import records
+    from tvm_attn.tune.run import tune
+
+    device = args.device
+    arch, gpu = None, args.gpu or "cpu"
+    if device == "cuda":
+        import torch
+
+        from tvm_attn.kernels import device_target
+
+        tgt = device_target(torch.device("cuda", 0))
+        arch, gpu = tgt.arch, args.gpu or tgt.card
+    rpc = None
+    if args.rpc_tracker:
+        host, port = args.rpc_tracker.rsplit(":", 1)
+        if not args.rpc_key:
+            raise SystemExit("--rpc-tracker needs --rpc-key")
+        rpc = (host, int(port), args.rpc_key)
+    out = Path(args.out) if args.out else records.user_root()
+    results = []
+    for spec in _specs(args):
+        print(f"== tuning {spec.key} on {gpu} ({args.trials} trials)", flush=True)
+        results.append(tune(spec, device=device, gpu=gpu, arch=arch, trials=args.trials, out_root=out,
+                            resume=args.resume, rpc=rpc, workers=args.workers))
+    print(f"\n{'spec':<42} {'variant':<10} {'default ms':>11} {'tuned ms':>9} {'speed-up':>8} {'TFLOP/s':>8}")
+    for r in results:
+        print(f"{r.spec.key:<42} {r.best_variant:<10} {r.default_s * 1e3:11.3f} {r.tuned_s * 1e3:9.3f} "
+              f"{r.default_s / r.tuned_s:8.2f} {r.flops / r.tuned_s / 1e12:8.1f}")
+        print(f"  records: {r.folder}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from tvm_attn import registry
+    from tvm_attn.tune import records
+
+    print("ops:")
+    for e in registry.all_ops():
+        print(f"  {e.name:<20} {e.family:<8} {e.summary}")
+    print("tuned records (gpu / specialisation / best variant / trials):")
+    rows = records.listing()
+    for r in rows:
+        prov = r.provenance
+        print(f"  {r.gpu:<10} {r.spec:<42} {prov['best']['variant']:<10} {prov['trials']:>5}  {r.path}")
+    if not rows:
+        print("  none")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from tvm_attn.tune import records
+
+    gpu, spec = args.record.split("/", 1)
+    rec = records.find(gpu, spec)
+    if rec is None:
+        raise SystemExit(f"no record {args.record}; `tvm-attn list` shows what exists")
+    prov = rec.provenance
+    print(json.dumps({k: v for k, v in prov.items() if k != "target"}, indent=1))
+    from tvm_attn.kernels import KernelSpec
+    from tvm_attn.tune.dispatch import load_best
+
+    op, rest = spec.split("_d", 1)
+    d, g, dt, mask = rest.split("_", 3)
+    ks = KernelSpec(op, int(d), int(g[1:]), dt, mask == "causal")
+    from tvm_attn.kernels import DeviceTarget
+
+    best = load_best(ks, DeviceTarget(prov["device"], None, gpu), rec)
+    from tvm_attn.tune import tasks as T
+
+    sch = T.replay(ks, prov["device"], T.variant_from_key(ks, prov["device"], best.variant_key), best.trace)
+    print(f"decisions of the best record ({best.variant_key}):")
+    for line in sch.trace.as_python():
+        if "sample_" in line:
+            print("  " + line)
+    d_s, t_s = prov["default"]["measured_s"], prov["best"]["measured_s"]
+    print(f"default {d_s * 1e3:.3f} ms, tuned {t_s * 1e3:.3f} ms ({d_s / t_s:.2f}x)")
+    print(f"plot: {rec.path / 'tuning.png'}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("tune", help="tune specialisations with MetaSchedule for this GPU (or the CPU)")
+    t.add_argument("--gpu", default=None, help="card key for the records (default: from the device name)")
+    t.add_argument("--op", default="flash_fwd", choices=["flash_fwd"])
+    t.add_argument("--head-dim", type=int, nargs="+", default=[128])
+    t.add_argument("--group", type=int, nargs="+", default=[1], help="Hq / Hkv")
+    t.add_argument("--dtype", nargs="+", default=["bfloat16"])
+    t.add_argument("--causal", choices=["yes", "no", "both"], default="both")
+    t.add_argument("--trials", type=int, default=64, help="measured trials per specialisation")
+    t.add_argument("--resume", action="store_true", help="continue the records of an interrupted run")
+    t.add_argument("--out", default=None, help="records root (default ~/.cache/tvm_attn/tuning_logs; "
+                   "use tuning_logs/ to ship them)")
+    t.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    t.add_argument("--workers", type=int, default=None, help="builder processes")
+    t.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="measure through a TVM RPC tracker")
+    t.add_argument("--rpc-key", default=None)
+    t.set_defaults(func=_tune)
+    ls = sub.add_parser("list", help="ops, and which cards have tuned records")
+    ls.set_defaults(func=_list)
+    sh = sub.add_parser("show", help="one tuned record: decisions, provenance, speed")
+    sh.add_argument("record", help="<gpu>/<spec>, e.g. h100/flash_fwd_d128_g1_bfloat16_causal")
+    sh.set_defaults(func=_show)

@@ -1,0 +1,97 @@
+"""Tuning tasks: one MetaSchedule task per compute variant of a specialisation, at a stated
+representative shape, and the replay of a tuned trace onto the symbolic (any-length) function."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tvm_attn import _tvm
+from tvm_attn.kernels import CPU_TILES, KernelSpec, flash_static
+from tvm_attn.ops.flash.compute import FlashTiles, flash_forward
+from tvm_attn.schedules import flash as sched
+
+
+def representative_shape(spec: KernelSpec, device: str) -> dict[str, int]:
+    """The lengths tuning measures at (recorded in the provenance). H·D = 2048 as in the anchors."""
+    if device == "cpu":
+        hq = 4
+        return {"B": 1, "Tq": 256, "Tk": 256, "Hq": hq, "Hkv": max(1, hq // spec.group)}
+    hq = max(spec.group, 2048 // spec.head_dim)
+    return {"B": 4, "Tq": 4096, "Tk": 4096, "Hq": hq, "Hkv": hq // spec.group}
+
+
+def specialize(func, sizes: dict[str, int], sm_scale: float):
+    """Bind the symbolic sizes (by name) and the scale: MetaSchedule measures concrete workloads."""
+    tirx = _tvm.tirx
+    binds = {}
+    for param in func.params:  # 0.27: buffer parameters are Vars that carry their buffer's shape
+        if param.name == "sm_scale":
+            binds[param] = tirx.const(sm_scale, "float32")
+        elif param.name == "max_seqlen_q":
+            binds[param] = tirx.const(sizes["Tq"], "int32")
+        else:
+            shape = [sizes[d.name] if isinstance(d, tirx.Var) else int(d) for d in param.shape]
+            binds[param] = tirx.decl_buffer(shape, param.dtype, param.name)
+    return func.specialize(binds)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One variant of one specialisation: the concrete workload and its design space."""
+
+    variant: object  # FlashVariant (CUDA) or FlashTiles (CPU)
+    name: str
+    func: object  # specialised PrimFunc
+    space: object  # (Schedule) -> None
+
+    def workload_hash(self) -> str:
+        return workload_hash(self.func)
+
+
+def workload_hash(func) -> str:
+    from tvm_attn._tvm import ms
+
+    return ms.utils.shash2hex(_tvm.tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
+
+
+CPU_VARIANTS = (FlashTiles(*CPU_TILES), FlashTiles(32, 64))
+
+
+def cuda_func(spec: KernelSpec, variant):
+    return flash_forward(flash_static(spec), variant.tiles, smem="shared.dyn", warp="warp")
+
+
+def cpu_func(spec: KernelSpec, tiles: FlashTiles):
+    return flash_forward(flash_static(spec), tiles)
+
+
+def variant_key(variant) -> str:
+    if isinstance(variant, FlashTiles):
+        return f"m{variant.block_m}n{variant.block_n}"
+    return variant.key
+
+
+def tasks(spec: KernelSpec, device: str, shape: dict[str, int]) -> list[Task]:
+    scale = 1.0 / math.sqrt(spec.head_dim)
+    if device == "cpu":
+        return [Task(t, f"{spec.key}-{variant_key(t)}", specialize(cpu_func(spec, t), shape, scale), sched.cpu_space)
+                for t in CPU_VARIANTS]
+    return [Task(v, f"{spec.key}-{v.key}", specialize(cuda_func(spec, v), shape, scale), sched.cuda_space(v, spec.dtype))
+            for v in sched.VARIANT_SPACE[spec.head_dim]]
+
+
+def variant_from_key(spec: KernelSpec, device: str, key: str):
+    pool = CPU_VARIANTS if device == "cpu" else sched.VARIANT_SPACE[spec.head_dim]
+    for v in pool:
+        if variant_key(v) == key:
+            return v
+    raise KeyError(f"variant {key!r} is not in the design space of {spec.key} anymore")
+
+
+def replay(spec: KernelSpec, device: str, variant, trace_json):
+    """Apply a tuned trace (MetaSchedule JSON) to the symbolic function of ``variant``: the decisions
+    were measured at the representative shape, and one module then serves every length."""
+    func = cpu_func(spec, variant) if device == "cpu" else cuda_func(spec, variant)
+    sch = _tvm.Schedule(func.with_attr("global_symbol", "main").with_attr("tirx.noalias", True))
+    _tvm.Trace.apply_json_to_schedule(trace_json, sch)
+    return sch
