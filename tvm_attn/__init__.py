@@ -26,6 +26,14 @@ if not os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), "s
 _API = {
     "flash_attention": ".api",
     "flash_attention_varlen": ".api",
+    "linear_attention": ".ops.linear.api",
+    "simple_gla": ".ops.linear.api",
+    "gla": ".ops.linear.api",
+    "delta_rule": ".ops.linear.api",
+    "gated_delta_rule": ".ops.linear.api",
+    "ttt_linear": ".ops.linear.api",
+    "retnet": ".ops.linear.api",
+    "mamba2_ssd": ".ops.linear.api",
 }
 __all__ = sorted(_API)
 

@@ -1,4 +1,4 @@
-"""The ``tvm-attn`` command: demo, bench, and (as they land) tune, list, show, export, run-onnx."""
+"""The ``tvm-attn`` command: demo, bench, tune, list, show, export, run-onnx."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 # modules that add sub-commands: each has add_commands(subparsers)
-_COMMAND_MODULES = ("tvm_attn.demo", "tvm_attn.tune.cli")
-_OPTIONAL_COMMAND_MODULES = ("tvm_attn.export.cli",)
+_COMMAND_MODULES = ("tvm_attn.demo", "tvm_attn.tune.cli", "tvm_attn.export.cli")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -40,12 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bench)
     for mod in _COMMAND_MODULES:
         importlib.import_module(mod).add_commands(sub)
-    for mod in _OPTIONAL_COMMAND_MODULES:
-        try:
-            importlib.import_module(mod).add_commands(sub)
-        except ModuleNotFoundError as e:
-            if e.name not in (mod, mod.rsplit(".", 1)[0]):
-                raise
     return p
 
 

@@ -109,13 +109,18 @@ def source_digest() -> str:
 
 _lock = threading.Lock()
 _loaded: dict[str, Kernel] = {}
+_by_spec: dict[tuple[KernelSpec, DeviceTarget], Kernel] = {}
 
 
 def get(spec: KernelSpec, device) -> Kernel:
-    """The compiled flash kernel of ``spec`` for a torch device."""
+    """The compiled flash kernel of ``spec`` for a torch device. The hot path is one dict lookup: the
+    record lookup, the disk cache and the build happen once per (spec, device) and process."""
     tgt = device_target(device)
-    plan = _plan(spec, tgt)
-    return compiled(spec.key, spec, tgt, plan)
+    kern = _by_spec.get((spec, tgt))
+    if kern is None:
+        kern = compiled(spec.key, spec, tgt, _plan(spec, tgt))
+        _by_spec[(spec, tgt)] = kern
+    return kern
 
 
 def compiled(name: str, spec: Any, tgt: DeviceTarget, plan: "Plan") -> Kernel:

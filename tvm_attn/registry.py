@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # families whose modules register entries, in the order `tvm-attn list` shows them
-FAMILY_MODULES: tuple[str, ...] = ("tvm_attn.ops.flash",)
+FAMILY_MODULES: tuple[str, ...] = ("tvm_attn.ops.flash", "tvm_attn.ops.linear")
 
 Shape = Mapping[str, Any]  # one concrete point: axis name -> size, plus flags such as causal
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ class Measured:
 
     @property
     def id(self) -> str:
-        return hashlib.sha256(json.dumps(self.trace_json[1]).encode()).hexdigest()[:10]
+        return hashlib.sha256((self.workload + json.dumps(self.trace_json)).encode()).hexdigest()[:10]
 
 
 def read_records(folder: Path) -> list[Measured]:
@@ -101,6 +102,29 @@ def read_records(folder: Path) -> list[Measured]:
         if secs and max(secs) < 1e9:
             out.append(Measured(workloads[idx], trace, sum(secs) / len(secs)))
     return out
+
+
+def append_record(folder: Path, workload_json: list, record_json: list) -> None:
+    """Append one measured candidate in MetaSchedule's JSON database format, one fsync'ed line at a
+    time, so a kill loses at most the line being written (``sanitize`` drops it on the next start)."""
+    wl_path, rec_path = folder / DB_FILES[0], folder / DB_FILES[1]
+    hashes = [json.loads(line)[0] for line in wl_path.read_text().splitlines()] if wl_path.exists() else []
+    key = str(workload_json[0])
+    if key not in hashes:
+        _append(wl_path, json.dumps([key, str(workload_json[1])]))
+        hashes.append(key)
+    _append(rec_path, json.dumps([hashes.index(key), record_json]))
+
+
+def _append(path: Path, line: str) -> None:
+    with path.open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass(frozen=True)
+class RecordDir:
     gpu: str
     spec: str
     path: Path
@@ -108,6 +132,15 @@ def read_records(folder: Path) -> list[Measured]:
     @property
     def provenance(self) -> dict:
         return json.loads((self.path / "provenance.json").read_text())
+
+
+def target_arch(prov: dict) -> str | None:
+    """The CUDA arch a record was tuned for (provenance ``target`` is the target's JSON)."""
+    target = prov.get("target")
+    if isinstance(target, str):  # written as text by early runs
+        m = re.search(r'"arch":\s*"([^"]+)"', target)
+        return m.group(1) if m else None
+    return (target or {}).get("arch")
 
 
 def find(gpu: str, spec_key: str) -> RecordDir | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +61,24 @@ class MutateCategorical(ms.mutator.PyMutator):
         return MutateCategorical(self._rng.randrange(1, 2**31))
 
 
-# ------------------------------------------------------------------------------------ progress
+# ------------------------------------------------------------------------------------ callbacks
+@_tvm.derived_object
+class Persist(ms.measure_callback.PyMeasureCallback):
+    """Copy each batch's records from the run's own (initially empty) JSON database into the records
+    folder, one fsync'ed line per record, as soon as MetaSchedule has written them."""
+
+    def __init__(self, scratch: Path, folder: Path) -> None:
+        self.scratch, self.folder, self.seen = scratch, folder, 0
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        workloads = [json.loads(line) for line in (self.scratch / records.DB_FILES[0]).read_text().splitlines()]
+        lines = (self.scratch / records.DB_FILES[1]).read_text().splitlines()
+        for line in lines[self.seen:]:
+            idx, rec = json.loads(line)
+            records.append_record(self.folder, workloads[idx], rec)
+        self.seen = len(lines)
+
+
 @_tvm.derived_object
 class Progress(ms.measure_callback.PyMeasureCallback):
     """One line per measured batch: trials done, best latency so far, elapsed time."""
@@ -120,8 +139,12 @@ def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: i
     shape = T.representative_shape(spec, device)
     tlist = T.tasks(spec, device, shape)
     target = target_for(device, arch)
-    db = ms.database.JSONDatabase(path_workload=str(folder / records.DB_FILES[0]),
-                                  path_tuning_record=str(folder / records.DB_FILES[1]))
+    # MetaSchedule's JSONDatabase re-applies stored traces to one shared module when it loads, which
+    # TVM 0.27's copy-on-write bug breaks for these schedules (search.py): each run writes a fresh
+    # database in a scratch folder, and Persist appends its records to the folder's files per batch
+    scratch = Path(tempfile.mkdtemp(prefix=".run-", dir=folder))
+    db = ms.database.JSONDatabase(path_workload=str(scratch / records.DB_FILES[0]),
+                                  path_tuning_record=str(scratch / records.DB_FILES[1]), allow_missing=True)
     done = _count_records(folder)
     remaining = max(0, trials - done)
     flops = _flops(spec, shape)
@@ -151,17 +174,19 @@ def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: i
             database=db,
             cost_model=ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
                                               adaptive_training=True, num_tuning_cores=workers or 2),
-            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), progress],
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), Persist(scratch, folder),
+                               progress],
             task_scheduler="gradient",
         )
         print(flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     best = best_record(spec, device, folder)
     if best is None:
         raise RuntimeError(f"no valid schedule was measured for {spec.key}; see {folder / '.ms_logs'}")
     default_s, tuned_s = measure_default_and_tuned(spec, device, arch, shape, best)
     prov = {
         "spec": spec.key, "op": spec.op, "gpu": gpu, "device": device, "tvm": _tvm.TVM_VERSION,
-        "target": target.export(), "representative_shape": shape, "sm_scale": 1 / math.sqrt(spec.head_dim),
+        "target": json.loads(str(target)) if str(target).startswith("{") else str(target), "representative_shape": shape, "sm_scale": 1 / math.sqrt(spec.head_dim),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "trials": _count_records(folder), "source_digest": kernels.source_digest(),
         "workloads": {T.variant_key(t.variant): t.workload_hash() for t in tlist},

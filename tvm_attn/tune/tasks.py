@@ -91,6 +91,7 @@ def variant_from_key(spec: KernelSpec, device: str, key: str):
 def replay(spec: KernelSpec, device: str, variant, trace_json):
     """Apply a tuned trace (MetaSchedule JSON) to the symbolic function of ``variant``: the decisions
     were measured at the representative shape, and one module then serves every length."""
+    _tvm.import_tensor_intrin()  # the trace names tensor intrinsics, the bf16 ones included
     func = cpu_func(spec, variant) if device == "cpu" else cuda_func(spec, variant)
     sch = _tvm.Schedule(func.with_attr("global_symbol", "main").with_attr("tirx.noalias", True))
     _tvm.Trace.apply_json_to_schedule(trace_json, sch)

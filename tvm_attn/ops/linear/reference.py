@@ -34,39 +34,41 @@ def _run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: Callable[..., 
          per_token: dict[str, torch.Tensor], *, scale: float | None, initial_state: torch.Tensor | None,
          output_final_state: bool, cu_seqlens: torch.Tensor | None, upcast: bool,
          step_args: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Drive ``step`` over every token of every sequence; ``per_token`` tensors are [B, T, H, ...]."""
+    """Drive ``step`` over every token; ``per_token`` tensors are [B, T, H, ...]. The batch rows of a
+    dense input advance together; packed sequences one after the other, each from its own state."""
     dtype = q.dtype
     work = torch.float32 if upcast else dtype
-    kdim, vdim = q.shape[-1], v.shape[-1]
+    b, t, h, kdim = q.shape
+    vdim = v.shape[-1]
     scale = 1.0 / math.sqrt(kdim) if scale is None else scale
     q, k, v = q.to(work), k.to(work), v.to(work)
-    per_token = {name: t.to(work) for name, t in per_token.items()}
+    per_token = {name: x.to(work) for name, x in per_token.items()}
     if cu_seqlens is None:
-        spans = [(b, 0, q.shape[1]) for b in range(q.shape[0])]
+        spans = [(slice(0, b), 0, t, slice(0, b))]  # (batch rows, first token, end, state rows)
     else:
         cu = cu_seqlens.tolist()
-        spans = [(0, cu[n], cu[n + 1]) for n in range(len(cu) - 1)]
+        spans = [(slice(0, 1), cu[n], cu[n + 1], slice(n, n + 1)) for n in range(len(cu) - 1)]
     o = torch.zeros(v.shape, dtype=work, device=q.device)
     finals = []
-    for n, (b, start, end) in enumerate(spans):
-        s = torch.zeros(q.shape[2], kdim, vdim, dtype=work, device=q.device)  # [H, K, V]
+    for rows, start, end, srows in spans:
+        s = torch.zeros(rows.stop - rows.start, h, kdim, vdim, dtype=work, device=q.device)  # [b, H, K, V]
         if initial_state is not None:
-            s = initial_state[n].to(work).clone()
-        for t in range(start, end):
-            tok = {name: x[b, t] for name, x in per_token.items()}
-            s = step(s, q[b, t], k[b, t], v[b, t], t - start, **tok, **(step_args or {}))
-            o[b, t] = scale * torch.einsum("hk,hkv->hv", q[b, t], s)
+            s = initial_state[srows].to(work).clone()
+        for i in range(start, end):
+            tok = {name: x[rows, i] for name, x in per_token.items()}
+            s = step(s, q[rows, i], k[rows, i], v[rows, i], i - start, **tok, **(step_args or {}))
+            o[rows, i] = scale * _kts(s, q[rows, i])
         finals.append(s)
-    final = torch.stack(finals).float() if output_final_state else None
+    final = torch.cat(finals).float() if output_final_state else None
     return (o.float() if upcast else o), final
 
 
 def _outer(k_t: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
-    return k_t[:, :, None] * u_t[:, None, :]  # [H, K, V]
+    return k_t[..., :, None] * u_t[..., None, :]  # [b, H, K, V]
 
 
 def _kts(s: torch.Tensor, k_t: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("hkv,hk->hv", s, k_t)  # Sᵀ k: [H, V]
+    return (s * k_t[..., :, None]).sum(-2)  # Sᵀ k: [b, H, V]
 
 
 def linear_attention_ref(q, k, v, *, scale=None, initial_state=None, output_final_state=False,
@@ -82,7 +84,7 @@ def simple_gla_ref(q, k, v, g, *, scale=None, initial_state=None, output_final_s
                    cu_seqlens=None, upcast=True):
     """S_t = exp(g_t) S_{t-1} + k_t v_tᵀ (g [B, T, H], one log decay per head and token)."""
     def step(s, q_t, k_t, v_t, t, g):
-        return torch.exp(g)[:, None, None] * s + _outer(k_t, v_t)
+        return torch.exp(g)[..., None, None] * s + _outer(k_t, v_t)
     return _run(q, k, v, step, {"g": g}, scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, upcast=upcast)
 
@@ -91,7 +93,7 @@ def gla_ref(q, k, v, g, *, scale=None, initial_state=None, output_final_state=Fa
             upcast=True):
     """S_t = diag(exp(g_t)) S_{t-1} + k_t v_tᵀ (g [B, T, H, K], one log decay per key channel)."""
     def step(s, q_t, k_t, v_t, t, g):
-        return torch.exp(g)[:, :, None] * s + _outer(k_t, v_t)
+        return torch.exp(g)[..., None] * s + _outer(k_t, v_t)
     return _run(q, k, v, step, {"g": g}, scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, upcast=upcast)
 
@@ -100,7 +102,7 @@ def delta_rule_ref(q, k, v, beta, *, scale=None, initial_state=None, output_fina
                    cu_seqlens=None, upcast=True):
     """S_t = (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ = S_{t-1} + k_t (β_t (v_t − S_{t-1}ᵀ k_t))ᵀ."""
     def step(s, q_t, k_t, v_t, t, beta):
-        return s + _outer(k_t, beta[:, None] * (v_t - _kts(s, k_t)))
+        return s + _outer(k_t, beta[..., None] * (v_t - _kts(s, k_t)))
     return _run(q, k, v, step, {"beta": beta}, scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, upcast=upcast)
 
@@ -109,8 +111,8 @@ def gated_delta_rule_ref(q, k, v, g, beta, *, scale=None, initial_state=None, ou
                          cu_seqlens=None, upcast=True):
     """S_t = exp(g_t) (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ (g, beta [B, T, H])."""
     def step(s, q_t, k_t, v_t, t, g, beta):
-        s = torch.exp(g)[:, None, None] * s
-        return s + _outer(k_t, beta[:, None] * (v_t - _kts(s, k_t)))
+        s = torch.exp(g)[..., None, None] * s
+        return s + _outer(k_t, beta[..., None] * (v_t - _kts(s, k_t)))
     return _run(q, k, v, step, {"g": g, "beta": beta}, scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, upcast=upcast)
 
@@ -128,7 +130,7 @@ def ttt_linear_ref(q, k, v, eta, *, mini_batch_size=16, scale=None, initial_stat
     def step(s, q_t, k_t, v_t, t, eta, mb):
         if t % mb == 0:
             base["w0"] = s  # weights at the mini-batch start
-        return s - _outer(k_t, eta[:, None] * (_kts(base["w0"], k_t) - v_t))
+        return s - _outer(k_t, eta[..., None] * (_kts(base["w0"], k_t) - v_t))
     return _run(q, k, v, step, {"eta": eta}, scale=scale, initial_state=initial_state,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, upcast=upcast,
                 step_args={"mb": mini_batch_size})

@@ -1,0 +1,283 @@
+"""Schedules of the linear-attention computes (``tvm_attn.ops.linear.compute``).
+
+CPU (``apply_cpu``): one (sequence, head, value tile[, query tile]) per parallel task; matmuls with the
+reduction outside the output column, so the innermost loop is a row axpy that LLVM's loop vectoriser
+takes (``sch.vectorize`` refuses a reduction update once its init is split off).
+
+CUDA:
+
+* chunk forms (``apply_cuda_chunk``): one CTA per (sequence, head, value tile) walks the chunks in
+  order. The chunk's tiles live in dynamic shared memory; every matrix product of a chunk (Q Kᵀ and
+  K Kᵀ, K·S, the WY product Tm·(β(V − eᵇ K S)), the output [eᵇQ | P]·[S; U] and the state update
+  (K ⊙ decay)ᵀ·U) runs on tensor cores: ``mma.sync.m16n8k16`` fed by ldmatrix, accumulated in
+  registers (warp scope) and stored to shared memory as fp32. Element-wise steps, the gate cumsum, gla's
+  gated scores and the triangular solve (one column per thread, in registers) run on CUDA cores.
+  Knobs (MetaSchedule decisions when ``tunable``, see ``cuda_space``): the warp count, a perfect tiling
+  of the smallest product's 16-row tiles (``sample_perfect_tile``: warps own row tiles of every
+  product), and the unroll depth of the chunk loop (``sample_categorical``); the value tile is a
+  compute-level variant, its own task, as in flash.
+* parallel forms (``apply_cuda_parallel``): one CTA per (sequence, head, value tile, query tile); Q Kᵀ
+  and P V of each key tile on tensor cores.
+* recurrent forms (``apply_cuda_recurrent``): CUDA cores; one thread per state column, the column of
+  K fp32 values in registers, q_t / k_t / v_t staged in shared memory; the value tile is the variant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm_attn._tvm import Schedule, fragment_map, mma_intrins
+
+
+def _has(sch: Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001  (TVM raises a generic error for a missing block)
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU
+# ------------------------------------------------------------------------------------------------
+
+_GEMMS = ("A_gemm", "KS_gemm", "U_gemm", "O_gemm", "Sa_gemm")
+
+
+def apply_cpu(sch: Schedule) -> None:
+    """LLVM schedule of any linear-attention form: tiles in parallel, matmul rows vectorised."""
+    sch.parallel(sch.fuse(*sch.get_loops("tile")))
+    for name in _GEMMS:
+        if not _has(sch, name):
+            continue
+        blk = sch.get_sblock(name)
+        i, j, r = sch.get_loops(blk)[-3:]
+        sch.decompose_reduction(blk, i)
+        sch.reorder(i, r, j)  # C[i, :] += A[i, r] · B[r, :]: a contiguous axpy LLVM vectorises
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LinearVariant:
+    """Compute-level choice of a CUDA kernel (its own tuning task) and the default decisions."""
+
+    block_v: int = 32  # state columns per CTA
+    warps: int = 4  # default decision of the warp count (a sampled knob)
+    unroll: int = 16  # default decision of the unroll depth (a sampled knob)
+
+    @property
+    def key(self) -> str:
+        return f"bv{self.block_v}w{self.warps}u{self.unroll}"
+
+
+DEFAULT_CHUNK_VARIANT = LinearVariant(block_v=32, warps=4, unroll=16)
+DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
+UNROLL_CHOICES = (0, 16, 64)
+
+# element-wise blocks of the chunk form: name -> number of trailing loops spread over the CTA's threads
+_CHUNK_ELEMWISE = {
+    "S_init": 2, "S_cast": 2, "Q_load": 2, "K_load": 2, "K2_load": 2, "V_load": 2, "beta_load": 1,
+    "Q_decay": 2, "P_mask": 2, "K_decay": 2, "R_store": 2, "U_store": 2, "O_store": 2, "ht_store": 2,
+}
+# matmuls of the chunk form: name -> (A operand buffer, B operand buffer, B stored [N, K])
+_CHUNK_GEMMS = {
+    "A_gemm": ("QK_s", "K_s", True),
+    "KS_gemm": ("K_s", "Y_s", False),
+    "U_gemm": ("Tl_s", "Rb_s", False),
+    "O_gemm": ("X_s", "Y_s", False),
+    "Sa_gemm": ("Kt_s", "Y_s", False),
+}
+# buffers read through ldmatrix, padded against bank conflicts: buffer -> the block that lays it out
+_LDMATRIX_OPERANDS = {"QK_s": "Q_load", "K_s": "K_load", "Y_s": "S_cast", "X_s": "Q_decay", "Kt_s": "K_decay",
+                      "Tl_s": "T_cast", "Rb_s": "R_store"}
+
+
+def _imap(i, j):
+    # (row, col) -> (row tile, col tile, lane, register) of the mma fragment
+    return (i // 16, j // 16, *fragment_map(i % 16, j % 16))
+
+
+def _read_index(sch: Schedule, blk, name: str) -> int:
+    for n, region in enumerate(sch.get(blk).reads):
+        if region.source.name == name:
+            return n
+    raise KeyError(name)
+
+
+def _spread(sch: Schedule, loops, nw):
+    """Bind ``loops`` (fused) over the CTA: warps x lanes, the remainder serial per thread; returns the
+    lane loop."""
+    f = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    _, ty, tx = sch.split(f, [None, nw, 32])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    return tx
+
+
+def _spread_reduction(sch: Schedule, name: str, n_spatial: int, nw) -> None:
+    """Spread the ``n_spatial`` loops before a CUDA-core reduction's (innermost) reduction loop over the
+    CTA and accumulate in a register: a sum into shared memory would need barriers inside the (possibly
+    predicated) per-thread loop."""
+    blk = sch.get_sblock(name)
+    tx = _spread(sch, sch.get_loops(blk)[-n_spatial - 1:-1], nw)
+    sch.reverse_compute_at(sch.cache_write(blk, 0, "local"), tx)
+
+
+def _tc_tiles(sch: Schedule, name: str):
+    """Split a matmul block's (i, j, k) into 16x16x16 tensor-core tiles; returns the outer block and
+    its tile loops (i, j, k)."""
+    blk = sch.get_sblock(name)
+    i, j, k = sch.get_loops(blk)[-3:]
+    i, i_tc = sch.split(i, [None, 16])
+    j, j_tc = sch.split(j, [None, 16])
+    k, k_tc = sch.split(k, [None, 16])
+    sch.reorder(i, j, k, i_tc, j_tc, k_tc)
+    return sch.blockize(i_tc), i, j, k
+
+
+def _tc_gemm(sch: Schedule, name: str, tiles, a_name: str, b_name: str, b_nk: bool, nw, intrin: dict) -> None:
+    """C (fp32, shared) = A · B on mma.sync: warps own row tiles, fragments in registers, ldmatrix loads."""
+    outer, i, j, k = tiles
+    iw, ii = sch.split(i, [nw, None])
+    sch.reorder(iw, ii, j, k)
+    sch.bind(iw, "threadIdx.y")
+    sch.reorder(k, ii, j)  # k outermost: each warp reuses its A fragments across the row of tiles
+    a_w = sch.cache_read(outer, _read_index(sch, outer, a_name), "warp")
+    b_w = sch.cache_read(outer, _read_index(sch, outer, b_name), "warp")
+    sch.compute_at(a_w, k)
+    sch.compute_at(b_w, k)
+    c_w = sch.cache_write(outer, 0, "warp")
+    sch.reverse_compute_at(c_w, iw)
+    ci, cj = sch.get_loops(c_w)[-2:]
+    ci0, ci1 = sch.split(ci, [None, 16])
+    cj0, cj1 = sch.split(cj, [None, 16])
+    sch.reorder(ci0, cj0, ci1, cj1)
+    sch.decompose_reduction(outer, k)
+    init = sch.get_sblock(f"{name}_init")
+    frag_loads = []
+    for cache in (a_w, b_w):
+        r, c = sch.get_loops(cache)[-2:]
+        r0, r1 = sch.split(r, [None, 16])
+        c0, c1 = sch.split(c, [None, 16])
+        sch.reorder(r0, c0, r1, c1)
+        sch.transform_layout(cache, ("write", 0), _imap)
+        frag_loads.append(r1)
+    sch.transform_layout(c_w, ("read", 0), _imap)
+    sch.tensorize(frag_loads[0], intrin["load_a"])
+    sch.tensorize(frag_loads[1], intrin["load_b_nk" if b_nk else "load_b_kn"])
+    sch.tensorize(sch.get_loops(sch.get_sblock(name))[-3], intrin["mma_b_nk" if b_nk else "mma"])
+    # zero fill, one lane per threadIdx.x (mma_fill's offsets miss the lane term)
+    sch.transform_block_layout(init, lambda a, b: fragment_map(a, b))
+    sch.bind(sch.get_loops(init)[-2], "threadIdx.x")
+    sch.tensorize(sch.get_loops(c_w)[-2], intrin["store_f32"])
+
+
+def apply_cuda_chunk(sch: Schedule, variant: LinearVariant, dtype: str, *, chunk: int, key_dim: int,
+                     tunable: bool = False) -> None:
+    """Schedule a chunk-form PrimFunc (built with ``variant.block_v``, tile scope "shared.dyn") for
+    tensor cores. ``tunable`` samples the knobs instead of taking the defaults."""
+    intrin = dict(mma_intrins(dtype), store_f32="mma_store_16x16_f32_shared_dyn_simple_")
+    n, h, jv = sch.get_loops("tile")
+    sch.bind(jv, "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    sch.bind(n, "blockIdx.z")
+    gemms = {name: _tc_tiles(sch, name) for name in _CHUNK_GEMMS if _has(sch, name)}
+    # warps: a perfect tiling of the smallest matmul's row tiles, so every matmul splits evenly
+    smallest = "O_gemm" if chunk <= key_dim else "Sa_gemm"
+    tiles = min(chunk, key_dim) // 16
+    warps = min(variant.warps, tiles)
+    nw, _ = sch.sample_perfect_tile(gemms[smallest][1], n=2, max_innermost_factor=tiles,
+                                    decision=None if tunable else [warps, tiles // warps])
+    for name, tiles_of in gemms.items():
+        _tc_gemm(sch, name, tiles_of, *_CHUNK_GEMMS[name], nw, intrin)
+    for name, n_spatial in _CHUNK_ELEMWISE.items():
+        if _has(sch, name):
+            _spread(sch, sch.get_loops(name)[-n_spatial:], nw)
+    for buf, name in _LDMATRIX_OPERANDS.items():
+        if _has(sch, name) and sch.get(sch.get_sblock(name)).writes[0].source.name == buf:
+            sch.storage_align(sch.get_sblock(name), 0, axis=-2, factor=32, offset=8)
+    if _has(sch, "g_cumsum"):  # rows (and channels) spread, the prefix sum serial per thread
+        _spread_reduction(sch, "g_cumsum", len(sch.get_loops("g_cumsum")) - 1, nw)
+    if _has(sch, "A_gated"):  # (i, j) spread, the gated dot product serial per thread
+        _spread_reduction(sch, "A_gated", 2, nw)
+    if _has(sch, "T_solve"):
+        # one column m per thread, rows in order: a column reads only itself, so it stays in the
+        # thread's registers ("local" scope) up to its cast, which runs on the same thread
+        _spread(sch, sch.get_loops("T_solve")[-3:-2], nw)
+        i, j = sch.get_loops("T_cast")[-2:]
+        sch.reorder(j, i)
+        _spread(sch, [j], nw)
+    for name in ("S_update", "L_mask"):  # in-place updates written as extent-1 reductions
+        if _has(sch, name):
+            _spread(sch, sch.get_loops(name)[-3:-1], nw)
+    unroll = sch.sample_categorical(list(UNROLL_CHOICES), [1 / len(UNROLL_CHOICES)] * len(UNROLL_CHOICES),
+                                    decision=None if tunable else UNROLL_CHOICES.index(variant.unroll))
+    sch.annotate(sch.get_loops("chunk")[0], "pragma_auto_unroll_max_step", unroll)
+
+
+def apply_cuda_recurrent(sch: Schedule, variant: LinearVariant) -> None:
+    """Schedule a recurrent-form PrimFunc (built with ``variant.block_v``, state scope "local", vector
+    scope "shared"): one thread per state column ``j``, tokens in order. The K-loops over the state
+    are unrolled, so a thread's K state values have constant indices and live in registers."""
+    n, h, jv = sch.get_loops("tile")
+    sch.bind(jv, "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    sch.bind(n, "blockIdx.z")
+    for blk in _descendants(sch, sch.get_sblock("tile")):
+        for lp in sch.get_loops(blk):
+            name = sch.get(lp).loop_var.name
+            if name == "j":
+                sch.bind(lp, "threadIdx.x")
+            elif name == "kk" and sch.get(blk).name_hint != "qk_load":
+                sch.unroll(lp)
+    f = sch.fuse(*sch.get_loops("qk_load")[-2:])  # q_t and k_t: 2K values staged by all threads
+    _, tx = sch.split(f, [None, variant.block_v])
+    sch.bind(tx, "threadIdx.x")
+
+
+def _descendants(sch: Schedule, blk) -> list:
+    out = []
+    for child in sch.get_child_blocks(blk):
+        out += [child, *_descendants(sch, child)]
+    return out
+
+
+def apply_cuda_parallel(sch: Schedule, variant: LinearVariant, dtype: str, *, block_m: int,
+                        tunable: bool = False) -> None:
+    """Schedule a parallel-form PrimFunc (tile scope "shared.dyn"): one CTA per (sequence, head, value
+    tile, query tile); Q Kᵀ and P V of every key tile on tensor cores, the decay mask on CUDA cores."""
+    intrin = dict(mma_intrins(dtype), store_f32="mma_store_16x16_f32_shared_dyn_simple_")
+    n, h, jv, qt = sch.get_loops("tile")
+    sch.bind(qt, "blockIdx.x")
+    sch.bind(sch.fuse(h, jv), "blockIdx.y")
+    sch.bind(n, "blockIdx.z")
+    gemms = {name: _tc_tiles(sch, name) for name in ("A_gemm", "O_gemm") if _has(sch, name)}
+    tiles = block_m // 16  # both matmuls have the query tile's rows
+    warps = min(variant.warps, tiles)
+    nw, _ = sch.sample_perfect_tile(gemms["O_gemm"][1], n=2, max_innermost_factor=tiles,
+                                    decision=None if tunable else [warps, tiles // warps])
+    operands = {"A_gemm": ("Q_s", "K_s", True), "O_gemm": ("P_s", "V_s", False)}
+    for name, tiles_of in gemms.items():
+        _tc_gemm(sch, name, tiles_of, *operands[name], nw, intrin)
+    for name in ("Q_load", "O_init", "K_load", "V_load", "P_mask", "O_store"):
+        _spread(sch, sch.get_loops(name)[-2:], nw)
+    for name in ("Q_load", "K_load", "P_mask", "V_load"):
+        sch.storage_align(sch.get_sblock(name), 0, axis=-2, factor=32, offset=8)
+    _spread(sch, sch.get_loops("O_acc")[-3:-1], nw)
+    if _has(sch, "A_gated"):  # (i, j) spread, the gated dot product serial per thread
+        _spread_reduction(sch, "A_gated", 2, nw)
+
+
+def cuda_space(form: str, variant: LinearVariant, dtype: str, *, chunk: int = 0, key_dim: int = 0):
+    """MetaSchedule space function over one chunk- or parallel-form variant: the warp count
+    (``sample_perfect_tile``) and, for the chunk form, the unroll depth (``sample_categorical``)."""
+
+    def space(sch: Schedule) -> None:
+        if form == "chunk":
+            apply_cuda_chunk(sch, variant, dtype, chunk=chunk, key_dim=key_dim, tunable=True)
+        else:
+            apply_cuda_parallel(sch, variant, dtype, block_m=64, tunable=True)
+
+    return space

@@ -1,0 +1,422 @@
+"""Linear-attention family (linear_attention, simple_gla, gla, delta_rule, gated_delta_rule, ttt_linear).
+
+Every op and form against the op's one fp32 reference (tight tolerance in fp32, FlashAttention's rule
+for fp16/bf16), kernels called with NaN-poisoned outputs and final states; awkward lengths, several
+chunk sizes, uneven varlen batches with a zero-length sequence, initial and final states, chained
+calls; the family identities; CUDA schedules generating tensor-core code that nvcc compiles for sm_90a.
+CPU always; CUDA numerics where a GPU is present.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+import tvm_attn
+from tvm_attn.ops.linear import FORMS_OF, make_inputs
+from tvm_attn.ops.linear.kinds import OP_KINDS
+from tvm_attn.ops.linear.reference import REFERENCES, simple_gla_ref
+from tvm_attn.ops.linear.torch_ops import run_kernel
+
+from conftest import LOW_DTYPES, assert_fa_rule, requires_cuda
+
+OP_FORMS = [(op, form) for op in OP_KINDS for form in FORMS_OF[op]]
+LENGTHS = (1, 63, 64, 65, 1000)
+MINI_BATCH = 16  # ttt_linear's mini-batch in these tests
+
+
+def _ids(case) -> str:
+    return "-".join(map(str, case))
+
+
+def shape(t: int | None = None, *, b: int = 2, h: int = 2, kd: int = 32, vd: int = 32,
+          seqlens: list[int] | None = None) -> dict:
+    s = {"H": h, "K": kd, "V": vd}
+    return {**s, "seqlens": seqlens} if seqlens is not None else {**s, "B": b, "T": t}
+
+
+def extras(op: str, inp: dict) -> tuple:
+    """(g, beta) as the kernels take them (ttt_linear's eta travels as beta)."""
+    return inp.get("g"), inp.get("beta", inp.get("eta"))
+
+
+def reference(op: str, inp: dict, *, initial_state, upcast: bool = True, mini_batch: int = MINI_BATCH):
+    kw = {"mini_batch_size": mini_batch} if op == "ttt_linear" else {}
+    return REFERENCES[op](**inp, **kw, initial_state=initial_state, output_final_state=True, upcast=upcast)
+
+
+def poisoned(op: str, form: str, inp: dict, *, initial_state, chunk: int):
+    """The compiled kernel called directly, its output and final state filled with NaN beforehand."""
+    q, v = inp["q"], inp["v"]
+    cu = inp.get("cu_seqlens")
+    n = cu.shape[0] - 1 if cu is not None else q.shape[0]
+    out = torch.full(v.shape, float("nan"), dtype=q.dtype, device=q.device)
+    final = torch.full((n, q.shape[2], q.shape[3], v.shape[3]), float("nan"), device=q.device)
+    o, ht = run_kernel(op, inp["q"], inp["k"], v, *extras(op, inp), initial_state, cu, form,
+                       1.0 / math.sqrt(q.shape[-1]), chunk, out=out, final_state=None if form == "parallel" else final)
+    assert o.data_ptr() == out.data_ptr()
+    return o, (None if form == "parallel" else final)
+
+
+def state_for(inp: dict, form: str, seed: int = 1):
+    if form == "parallel":
+        return None
+    q, v = inp["q"], inp["v"]
+    cu = inp.get("cu_seqlens")
+    n = cu.shape[0] - 1 if cu is not None else q.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    return (0.5 * torch.randn(n, q.shape[2], q.shape[3], v.shape[3], generator=gen)).to(q.device)
+
+
+def assert_fp32(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
+    assert not torch.isnan(out).any(), f"{name}: NaN in the output (an element was never written?)"
+    err = float((out - ref).abs().max())
+    bound = 1e-5 + 2e-5 * float(ref.abs().max())
+    assert err <= bound, f"{name}: max error {err:.3e} > {bound:.3e}"
+
+
+def check(name: str, op: str, form: str, inp: dict, *, chunk: int, dtype: str) -> None:
+    h0 = state_for(inp, form)
+    o, ht = poisoned(op, form, inp, initial_state=h0, chunk=chunk)
+    mb = chunk if op == "ttt_linear" else MINI_BATCH
+    ref, ref_ht = reference(op, inp, initial_state=h0, mini_batch=mb)
+    assert o.dtype == LOW_DTYPES[dtype]
+    if dtype == "float32":
+        assert_fp32(f"{name} o", o, ref)
+        if ht is not None:
+            assert_fp32(f"{name} final state", ht, ref_ht)
+        return
+    ref_lowp, ref_ht_lowp = reference(op, inp, initial_state=h0, upcast=False, mini_batch=mb)
+    assert_fa_rule(f"{name} o", o, ref, ref_lowp)
+    if ht is not None:
+        assert_fa_rule(f"{name} final state", ht, ref_ht, ref_ht_lowp)
+
+
+def chunk_of(op: str) -> int:
+    return MINI_BATCH if op == "ttt_linear" else 64
+
+
+# ------------------------------------------------------------------------------------------------
+# every op and form against the one reference (CPU)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op,form", OP_FORMS, ids=[_ids(c) for c in OP_FORMS])
+def test_against_reference(op: str, form: str):
+    for t in LENGTHS:
+        for dtype in ("float32", "float16", "bfloat16"):
+            if t == 1000 and dtype != "float32" and form == "parallel":
+                continue  # the quadratic form at T = 1000 in fp32 covers it; low-precision runs stay short
+            inp = make_inputs(op, shape(t, b=1 if t == 1000 else 2), dtype, "cpu", seed=t)
+            check(f"{op} {form} T={t} {dtype}", op, form, inp, chunk=chunk_of(op), dtype=dtype)
+
+
+@pytest.mark.parametrize("op", ["simple_gla", "gla", "gated_delta_rule", "delta_rule", "linear_attention"])
+def test_chunk_sizes(op: str):
+    inp = make_inputs(op, shape(200), "float32", "cpu", seed=3)
+    for c in (16, 32, 128):
+        check(f"{op} chunk={c}", op, "chunk", inp, chunk=c, dtype="float32")
+
+
+def test_ttt_mini_batch_sizes():
+    # the mini-batch is semantic for ttt_linear: each size is its own reference; both forms agree with it
+    inp = make_inputs("ttt_linear", shape(150), "float32", "cpu", seed=4)
+    for mb in (1, 7, 32):
+        for form in ("chunk", "recurrent"):
+            check(f"ttt mini_batch={mb} {form}", "ttt_linear", form, inp, chunk=mb, dtype="float32")
+
+
+@pytest.mark.parametrize("op,form", OP_FORMS, ids=[_ids(c) for c in OP_FORMS])
+def test_varlen_uneven(op: str, form: str):
+    # very different lengths, a one-token sequence, an empty one (its final state is its initial state)
+    lens = [37, 200, 1, 0, 129, 64]
+    for dtype in ("float32", "bfloat16") if form == "chunk" else ("float32",):
+        inp = make_inputs(op, shape(seqlens=lens), dtype, "cpu", seed=5)
+        check(f"{op} {form} varlen {dtype}", op, form, inp, chunk=chunk_of(op), dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# states: decode steps and chained calls
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", list(OP_KINDS))
+def test_decode_steps_continue_a_prefill(op: str):
+    # prefill with the chunk form, then one recurrent call per token: the same outputs and final state
+    # as one call over the whole sequence (ttt: decode steps are mini-batches of one token, so the
+    # whole-sequence reference uses a mini-batch of 1 after the prefill's whole mini-batches)
+    fn = getattr(tvm_attn, op)
+    inp = make_inputs(op, shape(40, b=1), "float32", "cpu", seed=6)
+    names = [n for n in ("g", "beta", "eta") if n in inp]
+    cut = 32
+    part = lambda lo, hi: {n: inp[n][:, lo:hi] for n in ("q", "k", "v", *names)}
+    kw = {"mini_batch_size": MINI_BATCH} if op == "ttt_linear" else {}
+    o_pre, state = fn(**part(0, cut), **kw, output_final_state=True)
+    outs = [o_pre]
+    kw1 = {"mini_batch_size": 1} if op == "ttt_linear" else {}
+    for t in range(cut, 40):
+        o_t, state = fn(**part(t, t + 1), **kw1, form="recurrent", initial_state=state, output_final_state=True)
+        outs.append(o_t)
+    o = torch.cat(outs, 1)
+    if op == "ttt_linear":
+        ref_pre, st = reference(op, part(0, cut), initial_state=None)
+        ref_post, ref_state = reference(op, part(cut, 40), initial_state=st, mini_batch=1)
+        ref = torch.cat([ref_pre, ref_post], 1)
+    else:
+        ref, ref_state = reference(op, inp, initial_state=None)
+    assert_fp32(f"{op} decode", o, ref)
+    assert_fp32(f"{op} decode state", state, ref_state)
+
+
+def test_ttt_chained_calls_on_mini_batch_boundaries():
+    # chaining through initial_state equals one call when every call but the last covers whole mini-batches
+    inp = make_inputs("ttt_linear", shape(82, b=1), "float32", "cpu", seed=7)
+    part = lambda lo, hi: {n: inp[n][:, lo:hi] for n in ("q", "k", "v", "eta")}
+    o1, s1 = tvm_attn.ttt_linear(**part(0, 32), mini_batch_size=16, output_final_state=True)
+    o2, s2 = tvm_attn.ttt_linear(**part(32, 82), mini_batch_size=16, initial_state=s1, output_final_state=True)
+    o, s = tvm_attn.ttt_linear(**inp, mini_batch_size=16, output_final_state=True)
+    torch.testing.assert_close(torch.cat([o1, o2], 1), o, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s2, s, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# family identities
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", list(OP_KINDS))
+def test_forms_agree(op: str):
+    inp = make_inputs(op, shape(130), "float32", "cpu", seed=8)
+    fn = getattr(tvm_attn, op)
+    kw = {"mini_batch_size": MINI_BATCH} if op == "ttt_linear" else {}
+    outs = {form: fn(**inp, **kw, form=form)[0] for form in FORMS_OF[op]}
+    for form, o in outs.items():
+        torch.testing.assert_close(o, outs["chunk"], rtol=1e-4, atol=1e-4, msg=f"{op}: {form} vs chunk")
+
+
+def test_delta_rule_is_gated_delta_rule_without_gate():
+    inp = make_inputs("gated_delta_rule", shape(100), "float32", "cpu", seed=9)
+    zero = torch.zeros_like(inp["g"])
+    for form in ("chunk", "recurrent"):
+        a, sa = tvm_attn.delta_rule(inp["q"], inp["k"], inp["v"], inp["beta"], form=form, output_final_state=True)
+        b, sb = tvm_attn.gated_delta_rule(inp["q"], inp["k"], inp["v"], zero, inp["beta"], form=form,
+                                          output_final_state=True)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sa, sb, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_attention_is_simple_gla_without_gate():
+    inp = make_inputs("simple_gla", shape(100), "float32", "cpu", seed=10)
+    for form in ("chunk", "recurrent", "parallel"):
+        a, _ = tvm_attn.linear_attention(inp["q"], inp["k"], inp["v"], form=form)
+        b, _ = tvm_attn.simple_gla(inp["q"], inp["k"], inp["v"], torch.zeros_like(inp["g"]), form=form)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_ttt_with_mini_batches_of_one_is_the_delta_rule():
+    # one gradient step per token on ½‖Wᵀk − v‖² with rate η is the delta rule with β = η
+    inp = make_inputs("ttt_linear", shape(90), "float32", "cpu", seed=11)
+    for form in ("chunk", "recurrent"):
+        a, sa = tvm_attn.ttt_linear(**inp, mini_batch_size=1, form=form, output_final_state=True)
+        b, sb = tvm_attn.delta_rule(inp["q"], inp["k"], inp["v"], inp["eta"], form=form, output_final_state=True)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sa, sb, rtol=1e-5, atol=1e-5)
+
+
+def test_retnet_is_simple_gla_with_constant_decay():
+    from tvm_attn.ops.linear.api import retnet_log_decay
+
+    h = 4
+    gamma = 1 - 2.0 ** (-5 - torch.arange(h, dtype=torch.float64))
+    torch.testing.assert_close(retnet_log_decay(h).double().exp(), gamma, rtol=1e-6, atol=0)
+    inp = make_inputs("simple_gla", shape(100, h=h), "float32", "cpu", seed=12)
+    h0 = state_for(inp, "chunk")
+    g = gamma.log().float()[None, None, :].expand(2, 100, h)
+    ref, ref_state = simple_gla_ref(inp["q"], inp["k"], inp["v"], g, initial_state=h0, output_final_state=True)
+    for form in ("chunk", "recurrent"):
+        o, state = tvm_attn.retnet(inp["q"], inp["k"], inp["v"], form=form, initial_state=h0, output_final_state=True)
+        assert_fp32(f"retnet {form}", o, ref)
+        assert_fp32(f"retnet {form} state", state, ref_state)
+
+
+def test_mamba2_ssd_maps_onto_simple_gla():
+    # the SSM recurrence written out: h_t = exp(Δ_t A) h_{t-1} + B_t (Δ_t x_t)ᵀ, y_t = h_tᵀ C_t + D x_t
+    gen = torch.Generator().manual_seed(13)
+    b, t, h, g_, n, p = 2, 70, 4, 2, 32, 16
+    x = torch.randn(b, t, h, p, generator=gen)
+    dt = torch.nn.functional.softplus(torch.randn(b, t, h, generator=gen) - 1)
+    A = -torch.rand(h, generator=gen) - 0.5
+    B = torch.randn(b, t, g_, n, generator=gen) / math.sqrt(n)
+    C = torch.randn(b, t, g_, n, generator=gen)
+    D = torch.randn(h, generator=gen)
+    Bh, Ch = B.repeat_interleave(h // g_, 2), C.repeat_interleave(h // g_, 2)
+    state = torch.zeros(b, h, n, p)
+    ys = []
+    for i in range(t):
+        state = torch.exp(dt[:, i] * A)[..., None, None] * state + Bh[:, i, :, :, None] * (dt[:, i, :, None] * x[:, i])[..., None, :]
+        ys.append((state * Ch[:, i, :, :, None]).sum(-2) + D[:, None] * x[:, i])
+    ref = torch.stack(ys, 1)
+    for form in ("chunk", "recurrent", "parallel"):
+        y, final = tvm_attn.mamba2_ssd(x, dt, A, B, C, D=D, form=form, output_final_state=form != "parallel")
+        assert_fp32(f"mamba2 {form}", y, ref)
+        if final is not None:
+            assert_fp32(f"mamba2 {form} state", final, state)
+
+
+# ------------------------------------------------------------------------------------------------
+# API, torch op, registry
+# ------------------------------------------------------------------------------------------------
+
+def test_api_names_the_bad_argument():
+    q = torch.randn(1, 10, 2, 32)
+    v = torch.randn(1, 10, 2, 32)
+    g = torch.zeros(1, 10, 2)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        tvm_attn.simple_gla(q.numpy(), q, v, g)
+    with pytest.raises(ValueError, match="g must have shape"):
+        tvm_attn.simple_gla(q, q, v, torch.zeros(1, 10, 2, 32))
+    with pytest.raises(ValueError, match="g must have shape"):
+        tvm_attn.gla(q, q, v, g)
+    with pytest.raises(ValueError, match="form='parallel' exists only"):
+        tvm_attn.delta_rule(q, q, v, g, form="parallel")
+    with pytest.raises(ValueError, match="form must be one of"):
+        tvm_attn.linear_attention(q, q, v, form="fused")
+    with pytest.raises(ValueError, match="keeps no state"):
+        tvm_attn.linear_attention(q, q, v, form="parallel", output_final_state=True)
+    with pytest.raises(ValueError, match="chunk_size must be one of"):
+        tvm_attn.linear_attention(q, q, v, chunk_size=48)
+    with pytest.raises(ValueError, match="mini_batch_size must be an int"):
+        tvm_attn.ttt_linear(q, q, v, g, mini_batch_size=0)
+    with pytest.raises(ValueError, match="initial_state must have shape"):
+        tvm_attn.linear_attention(q, q, v, initial_state=torch.zeros(2, 2, 32, 32))
+    with pytest.raises(ValueError, match="batch size B must be 1"):
+        tvm_attn.linear_attention(torch.randn(2, 10, 2, 32), torch.randn(2, 10, 2, 32), torch.randn(2, 10, 2, 32),
+                                  cu_seqlens=torch.tensor([0, 10], dtype=torch.int32))
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
+        tvm_attn.linear_attention(q, q, v, cu_seqlens=torch.tensor([0, 4, 9], dtype=torch.int32))
+    with pytest.raises(TypeError, match="cu_seqlens must be int32"):
+        tvm_attn.linear_attention(q, q, v, cu_seqlens=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="head dim 24 of v"):
+        tvm_attn.linear_attention(q, q, torch.randn(1, 10, 2, 24))
+    with pytest.raises(TypeError, match="scale must be a finite float"):
+        tvm_attn.linear_attention(q, q, v, scale=float("nan"))
+    with pytest.raises(TypeError, match="k has dtype"):
+        tvm_attn.linear_attention(q, q.half(), v)
+
+
+def test_api_scale_and_default_outputs():
+    inp = make_inputs("simple_gla", shape(50), "float32", "cpu", seed=14)
+    o, state = tvm_attn.simple_gla(**inp, scale=0.3)
+    assert state is None and o.shape == inp["v"].shape
+    ref, _ = simple_gla_ref(**inp, scale=0.3)
+    assert_fp32("scale", o, ref)
+
+
+def test_torch_op_schema_and_fake():
+    inp = make_inputs("gated_delta_rule", shape(20), "float32", "cpu", seed=15)
+    args = (inp["q"], inp["k"], inp["v"], inp["g"], inp["beta"], None, None, "chunk", 0.2, 16)
+    torch.library.opcheck(torch.ops.tvm_attn.gated_delta_rule.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_registry_entries():
+    from tvm_attn import registry
+
+    names = {e.name for e in registry.all_ops() if e.family == "linear"}
+    assert names == set(OP_KINDS)
+    for op in OP_KINDS:
+        e = registry.get(op)
+        anchors = {(s["B"], s["T"], s["H"], s["K"]) for s in e.shapes["anchors"]}
+        assert anchors == {(1, 32768, 16, 128), (8, 2048, 16, 128), (2, 8192, 16, 128)}
+        s = {"B": 2, "T": 128, "H": 2, "K": 64, "V": 64, "form": "chunk", "chunk_size": 64}
+        # two full chunks of 64: Q Kᵀ, [Q | P] [S; U] and Kᵀ U per chunk, plus the delta rule's extras
+        base = 2 * 64 * 64 * 64 + 2 * 64 * 128 * 64 + 2 * 64 * 64 * 64
+        extra = {"add": 0, "delta": 2 * 64 * 64 * 64 + 64 ** 3 // 3 + 2 * 64 * 64 * 128 + 2 * 64 * 64 * 64,
+                 "ttt": 2 * 64 * 64 * 64}[OP_KINDS[op][1]]
+        if op == "ttt_linear":
+            s["mini_batch_size"] = 64
+        assert e.flops(s) == 2 * 2 * 2 * (base + extra)
+        assert e.bytes(s, "float16") > 2 * 2 * 128 * 2 * (2 * 64 + 2 * 64)
+        res = e.run(e.make_inputs(e.shapes["quick"][0] | {"K": 32, "V": 32}, "float32", "cpu"),
+                    e.shapes["quick"][0])
+        assert res[0].shape[-1] == 32 and res[1] is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA: code generation for sm_90a (no GPU needed), numerics on a GPU
+# ------------------------------------------------------------------------------------------------
+
+CODEGEN = [
+    ("simple_gla", "chunk", "float16", 128, 64), ("simple_gla", "chunk", "bfloat16", 64, 32),
+    ("gla", "chunk", "bfloat16", 128, 64), ("gated_delta_rule", "chunk", "float16", 128, 64),
+    ("gated_delta_rule", "chunk", "bfloat16", 64, 64), ("delta_rule", "chunk", "bfloat16", 128, 32),
+    ("linear_attention", "chunk", "float16", 64, 128), ("ttt_linear", "chunk", "float16", 128, 16),
+    ("simple_gla", "parallel", "bfloat16", 128, 0), ("gla", "parallel", "float16", 64, 0),
+    ("gated_delta_rule", "recurrent", "bfloat16", 128, 0), ("ttt_linear", "recurrent", "float16", 64, 16),
+    ("gla", "recurrent", "float16", 128, 0),
+]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("op,form,dtype,kd,chunk", CODEGEN, ids=[_ids(c) for c in CODEGEN])
+def test_cuda_schedule_compiles_for_sm90a(op, form, dtype, kd, chunk):
+    from tvm_attn import _tvm
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_cuda
+
+    for varlen in (False, True) if form == "chunk" else (False,):
+        spec = LinearSpec(op, form, kd, 128, dtype, varlen, chunk)
+        src = _tvm.cuda_source(build_cuda(spec, "sm_90a"))
+        if form != "recurrent":  # every matrix product on mma.sync fed by ldmatrix, fp32 accumulation
+            ab = "bf16" if dtype == "bfloat16" else "f16"
+            assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32" in src
+            assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in src
+        cubin = _tvm.compile_cuda_source(src, "sm_90a", "cubin")
+        assert cubin[:4] == b"\x7fELF"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_chunk_design_space_samples_compile():
+    # the MetaSchedule space: sampled warp counts and unroll depths give valid sm_90a kernels
+    from tvm_attn import _tvm
+    from tvm_attn.ops.linear.build import LinearSpec, make_func
+    from tvm_attn.ops.linear.compute import Scopes
+    from tvm_attn.ops.linear.cuda import build_config
+    from tvm_attn.schedules.linear import DEFAULT_CHUNK_VARIANT, cuda_space
+
+    spec = LinearSpec("simple_gla", "chunk", 128, 128, "float16", False, 64)
+    space = cuda_space("chunk", DEFAULT_CHUNK_VARIANT, "float16", chunk=64, key_dim=128)
+    warps = set()
+    for seed in (1, 2, 3):
+        # a fresh PrimFunc per schedule: TVM 0.27 schedules can write through to a shared one
+        func = make_func(spec, block_v=DEFAULT_CHUNK_VARIANT.block_v, op_dtype=None,
+                         scopes=Scopes(tile="shared.dyn", acc="shared.dyn", solve="local"))
+        sch = _tvm.Schedule(func, seed=seed)
+        space(sch)
+        kinds = [inst.kind.name for inst in sch.trace.insts]
+        assert "SamplePerfectTile" in kinds and "SampleCategorical" in kinds
+        warps.add(int(sch.trace.decisions[next(i for i in sch.trace.insts if i.kind.name == "SamplePerfectTile")][0]))
+    ex = _tvm.compile_module(sch.mod, _tvm.cuda_target("sm_90a"), build_config())
+    assert "mma.sync.aligned.m16n8k16" in _tvm.cuda_source(ex)
+    assert warps <= {1, 2, 4}
+
+
+def test_cuda_chunk_over_shared_memory_is_refused():
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_cuda
+
+    with pytest.raises(ValueError, match=r"chunk_size=128\) needs \d+ bytes of shared memory"):
+        build_cuda(LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 128), "sm_90a")
+
+
+@requires_cuda
+@pytest.mark.parametrize("op,form", OP_FORMS, ids=[_ids(c) for c in OP_FORMS])
+def test_cuda_against_reference(op: str, form: str):
+    for dtype in ("float16", "bfloat16"):
+        for s in (shape(200, kd=128, vd=128), shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128)):
+            for t in (LENGTHS if "T" in s else (None,)):
+                s2 = dict(s, T=t) if t else s
+                if t == 1000 and "T" in s:
+                    s2["B"] = 1
+                inp = make_inputs(op, s2, dtype, "cuda", seed=16)
+                check(f"cuda {op} {form} {dtype} {s2}", op, form, inp, chunk=chunk_of(op), dtype=dtype)
+

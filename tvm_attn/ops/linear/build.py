@@ -1,0 +1,81 @@
+"""Linear-attention specialisations -> compiled kernels (through ``tvm_attn.kernels.compiled``).
+
+A ``LinearSpec`` is an op, a form and the static parameters one compiled module is specialised on;
+batch, heads and sequence lengths stay symbolic. CPU kernels compute in fp32 whatever the inputs'
+dtype; CUDA chunk kernels feed the inputs' dtype to the tensor cores and accumulate in fp32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ... import kernels
+from ...kernels import DeviceTarget, Kernel, Plan
+from .kinds import FORMS, OP_KINDS
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """An op, its form and its static parameters (what one compiled module is specialised on)."""
+
+    op: str  # a key of compute.OP_KINDS
+    form: str  # chunk | recurrent | parallel
+    key_dim: int  # K
+    value_dim: int  # V
+    dtype: str  # float16 | bfloat16 | float32
+    varlen: bool
+    chunk: int = 0  # chunk size (chunk form), mini-batch size (ttt), 0 otherwise
+
+    @property
+    def key(self) -> str:
+        """Readable specialisation name (cache key, tuning-record directory)."""
+        c = f"_c{self.chunk}" if self.chunk else ""
+        return (f"linear_{self.op}_{self.form}_k{self.key_dim}_v{self.value_dim}_{self.dtype}{c}_"
+                f"{'varlen' if self.varlen else 'dense'}")
+
+    @property
+    def static(self):
+        from .compute import LinearStatic
+
+        return LinearStatic(self.op, self.key_dim, self.value_dim, self.dtype, self.varlen)
+
+
+# tile rows of the CPU parallel form (queries and keys per tile)
+CPU_PARALLEL_BLOCK = 64
+
+
+def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes):
+    """The unscheduled PrimFunc of ``spec``."""
+    from . import compute
+
+    st = spec.static
+    if spec.form == "recurrent":
+        return compute.recurrent(st, block_v=block_v, mini_batch=max(spec.chunk, 1), scopes=scopes)
+    if spec.form == "chunk":
+        return compute.chunk(st, chunk_size=spec.chunk, block_v=block_v, op_dtype=op_dtype, scopes=scopes)
+    return compute.parallel(st, block_m=CPU_PARALLEL_BLOCK, block_v=block_v, op_dtype=op_dtype, scopes=scopes)
+
+
+def build_cpu(spec: LinearSpec):
+    from ... import _tvm
+    from ...schedules.linear import apply_cpu
+    from .compute import Scopes
+
+    sch = _tvm.Schedule(make_func(spec, block_v=spec.value_dim, op_dtype="float32", scopes=Scopes()))
+    apply_cpu(sch)
+    return _tvm.compile_module(sch.mod, _tvm.cpu_target())
+
+
+def plan(spec: LinearSpec, tgt: DeviceTarget) -> Plan:
+    if tgt.kind == "cpu":
+        return Plan("cpu", lambda: build_cpu(spec))
+    from .cuda import cuda_plan
+
+    return cuda_plan(spec, tgt.arch)
+
+
+def get(spec: LinearSpec, device) -> Kernel:
+    """The compiled kernel of ``spec`` for a torch device (in-process and on-disk cached)."""
+    if spec.op not in OP_KINDS or spec.form not in FORMS:
+        raise ValueError(f"no linear-attention kernel for op {spec.op!r}, form {spec.form!r}")
+    tgt = kernels.device_target(device)
+    return kernels.compiled(spec.key, spec, tgt, plan(spec, tgt))

@@ -1,0 +1,69 @@
+"""CUDA builds of the linear-attention kernels: the chunk and parallel forms on tensor cores
+(``schedules/linear.py``), the recurrent form on CUDA cores.
+
+Shared memory: every chunk buffer is planned by TVM's dynamic shared-memory merge pass
+(``tirx.merge_static_smem`` keeps StorageRewrite from folding an fp32 buffer onto an fp16 operand,
+which 0.27's access-pointer lowering rejects). The pass keeps a buffer live across the whole chunk loop,
+so the footprint is the sum of the chunk's buffers; a build that needs more than the card's opt-in limit
+raises ``ValueError`` naming the chunk size.
+"""
+from __future__ import annotations
+
+from ...kernels import Plan
+from .build import LinearSpec, make_func
+
+# opt-in dynamic shared memory per block (sm_90: 227 KiB)
+SMEM_LIMIT = {"sm_90a": 232448, "sm_90": 232448, "sm_89": 101376, "sm_80": 166912, "sm_86": 101376}
+PARALLEL_BLOCK = 64  # query/key tile rows of the CUDA parallel form
+
+
+def build_config() -> dict:
+    from ... import _tvm
+
+    return {**_tvm.build_config(async_copy=False), "tirx.merge_static_smem": True}
+
+
+def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
+    """The CUDA schedule (``tvm.s_tir.Schedule``) of ``spec`` with ``variant``'s value tile."""
+    from ... import _tvm
+    from ...schedules import linear as sched
+    from .compute import Scopes
+
+    if spec.form == "recurrent":
+        variant = variant or sched.DEFAULT_RECURRENT_VARIANT
+        sch = _tvm.Schedule(make_func(spec, block_v=variant.block_v, op_dtype=None,
+                                      scopes=Scopes(state="local", vec="shared")))
+        sched.apply_cuda_recurrent(sch, variant)
+        return sch
+    variant = variant or sched.DEFAULT_CHUNK_VARIANT
+    scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local")
+    if spec.form == "chunk":
+        sch = _tvm.Schedule(make_func(spec, block_v=variant.block_v, op_dtype=None, scopes=scopes))
+        sched.apply_cuda_chunk(sch, variant, spec.dtype, chunk=spec.chunk, key_dim=spec.key_dim, tunable=tunable)
+        return sch
+    from . import compute
+
+    sch = _tvm.Schedule(compute.parallel(spec.static, block_m=PARALLEL_BLOCK, block_v=variant.block_v,
+                                         scopes=scopes))
+    sched.apply_cuda_parallel(sch, variant, spec.dtype, block_m=PARALLEL_BLOCK, tunable=tunable)
+    return sch
+
+
+def build_cuda(spec: LinearSpec, arch: str = "sm_90a", variant=None):
+    """Compile ``spec`` for ``arch``; raises ValueError when its shared memory exceeds the card's."""
+    from ... import _tvm
+
+    ex, smem = _tvm.compile_with_shared_memory(cuda_schedule(spec, variant).mod, _tvm.cuda_target(arch), build_config())
+    limit = SMEM_LIMIT.get(arch, SMEM_LIMIT["sm_90a"])
+    if smem > limit:
+        what = "mini_batch_size" if spec.op == "ttt_linear" else "chunk_size"
+        raise ValueError(f"{spec.op} ({spec.form}, K={spec.key_dim}, {what}={spec.chunk}) needs {smem} bytes of "
+                         f"shared memory per block on CUDA, more than the {limit} of {arch}; use a smaller {what}")
+    return ex
+
+
+def cuda_plan(spec: LinearSpec, arch: str) -> Plan:
+    from ...schedules import linear as sched
+
+    variant = sched.DEFAULT_RECURRENT_VARIANT if spec.form == "recurrent" else sched.DEFAULT_CHUNK_VARIANT
+    return Plan(f"default_{variant.key}", lambda: build_cuda(spec, arch, variant))

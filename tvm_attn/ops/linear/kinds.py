@@ -1,0 +1,21 @@
+"""The ops of the linear-attention family as (gate, rule) pairs, and their forms (no TVM import).
+
+gate: ``none``, ``scalar`` (one log decay per token and head) or ``vector`` (one per key channel);
+rule: ``add`` (S += k vᵀ), ``delta`` (S += k (β (v − Sᵀk))ᵀ) or ``ttt`` (the delta step with every
+gradient of a mini-batch taken at the mini-batch's first state).
+"""
+from __future__ import annotations
+
+OP_KINDS: dict[str, tuple[str, str]] = {
+    "linear_attention": ("none", "add"),
+    "simple_gla": ("scalar", "add"),
+    "gla": ("vector", "add"),
+    "delta_rule": ("none", "delta"),
+    "gated_delta_rule": ("scalar", "delta"),
+    "ttt_linear": ("none", "ttt"),
+}
+FORMS = ("chunk", "recurrent", "parallel")
+# the parallel (quadratic) form exists for the ops without a delta rule
+FORMS_OF: dict[str, tuple[str, ...]] = {
+    op: FORMS if rule == "add" else FORMS[:2] for op, (_, rule) in OP_KINDS.items()
+}
