@@ -172,8 +172,9 @@ def provenance(device: str) -> dict:
             "torch": torch.__version__, "tvm": _tvm.TVM_VERSION, "tvm_ffi": _tvm.tvm_ffi.__version__,
             "python": platform.python_version(), "host": platform.node()}
     try:
+        # a copy of the tree without .git (a device machine) passes the commit in TVM_ATTN_GIT
         info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                     text=True, timeout=10).stdout.strip() or None
+                                     text=True, timeout=10).stdout.strip() or os.environ.get("TVM_ATTN_GIT")
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         info["git_dirty"] = bool(dirty)

@@ -1,6 +1,7 @@
 """Markdown table and PNG (ratio bars) of a benchmark JSON; the README's performance section."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import re
 from pathlib import Path
@@ -80,15 +81,19 @@ def render(json_path: Path) -> tuple[Path, Path]:
 
 
 def update_readme(results_dir: Path = REPO / "bench" / "results", readme: Path = REPO / "README.md") -> None:
-    """Rewrite the README's performance section from the newest GPU run of each card."""
+    """Rewrite the README's performance section from the newest GPU session of each card (the runs
+    within two hours of the newest one: a session often splits the shapes over several calls)."""
     parts = []
     for card in sorted(p for p in results_dir.iterdir() if p.is_dir() and p.name != "cpu"):
         runs = sorted(card.glob("bench-*.json"))
-        if runs:
-            latest = runs[-1]
-            rel = latest.relative_to(readme.parent)
-            parts.append(f"### {card.name}\n\nFrom `{rel}` ([plot]({rel.with_suffix('.png')})):\n\n"
-                         + markdown(json.loads(latest.read_text())))
+        if not runs:
+            continue
+        stamp = lambda p: _dt.datetime.strptime(p.stem.removeprefix("bench-"), "%Y%m%dT%H%M%S")
+        newest = stamp(runs[-1])
+        parts.append(f"### {card.name}\n")
+        for run in (r for r in runs if newest - stamp(r) < _dt.timedelta(hours=2)):
+            rel = run.relative_to(readme.parent)
+            parts.append(f"From `{rel}` ([plot]({rel.with_suffix('.png')})):\n\n" + markdown(json.loads(run.read_text())))
     text = readme.read_text()
     body = "\n".join(parts) or "No GPU run recorded yet.\n"
     new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END),
