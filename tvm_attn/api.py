@@ -54,6 +54,20 @@ def _check_qkv(q, k, v, ndim: int, qdims: str, kdims: str) -> None:
                          f"key/value heads ({hkv}) (head ratio Hq/Hkv)")
 
 
+def check_cu_seqlens(name: str, cu, device: torch.device) -> None:
+    """``cu`` must be int32 ``[N + 1]`` (N >= 1), contiguous, on ``device``."""
+    if not isinstance(cu, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
+    if cu.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {cu.dtype}")
+    if cu.dim() != 1 or cu.shape[0] < 2:
+        raise ValueError(f"{name} must have shape [N + 1] with N >= 1, got {tuple(cu.shape)}")
+    if cu.device != device:
+        raise ValueError(f"{name} is on {cu.device} but q is on {device}")
+    if not cu.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
 def _scale(softmax_scale, d: int) -> float:
     if softmax_scale is None:
         return 1.0 / math.sqrt(d)
@@ -127,16 +141,7 @@ def flash_attention_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     """
     _check_qkv(q, k, v, 3, "[total_q, Hq, D]", "[total_k, Hkv, D]")
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
-        if not isinstance(cu, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
-        if cu.dtype != torch.int32:
-            raise TypeError(f"{name} must be int32, got {cu.dtype}")
-        if cu.dim() != 1 or cu.shape[0] < 2:
-            raise ValueError(f"{name} must have shape [N + 1] with N >= 1, got {tuple(cu.shape)}")
-        if cu.device != q.device:
-            raise ValueError(f"{name} is on {cu.device} but q is on {q.device}")
-        if not cu.is_contiguous():
-            raise ValueError(f"{name} must be contiguous")
+        check_cu_seqlens(name, cu, q.device)
     if cu_seqlens_q.shape != cu_seqlens_k.shape:
         raise ValueError(f"cu_seqlens_q {tuple(cu_seqlens_q.shape)} and cu_seqlens_k "
                          f"{tuple(cu_seqlens_k.shape)} must describe the same number of sequences")

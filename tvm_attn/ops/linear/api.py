@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ...api import _check_tensor  # the house tensor check (type, rank, device, dtype, contiguity)
+from ...api import _check_tensor, check_cu_seqlens  # the house argument checks
 from .kinds import FORMS, OP_KINDS
 from .torch_ops import OPS
 
@@ -77,16 +77,7 @@ def _check_options(op: str, q, v, *, form, scale, initial_state, output_final_st
     b, t, h, kd = q.shape
     n = b
     if cu_seqlens is not None:
-        if not isinstance(cu_seqlens, torch.Tensor):
-            raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-        if cu_seqlens.dtype != torch.int32:
-            raise TypeError(f"cu_seqlens must be int32, got {cu_seqlens.dtype}")
-        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-            raise ValueError(f"cu_seqlens must have shape [N + 1] with N >= 1, got {tuple(cu_seqlens.shape)}")
-        if cu_seqlens.device != q.device:
-            raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
-        if not cu_seqlens.is_contiguous():
-            raise ValueError("cu_seqlens must be contiguous")
+        check_cu_seqlens("cu_seqlens", cu_seqlens, q.device)
         if b != 1:
             raise ValueError(f"with cu_seqlens the batch size B must be 1 (sequences packed along T), got B = {b}")
         if cu_seqlens.device.type == "cpu":  # free to check here; on CUDA it would be a host synchronisation

@@ -92,6 +92,40 @@ def _gate_shape(st: LinearStatic, QB, Tv, Hv):
 # recurrent form: token by token, the state of a value tile in registers
 # ------------------------------------------------------------------------------------------------
 
+def _entry(st: LinearStatic, seq, BV: int, axes):
+    """The kernel entry of the recurrent and chunk forms: one ``tile`` block per (sequence, head, value
+    tile of BV columns) that runs the form's ``seq`` macro over the whole sequence. ``axes`` are the
+    symbolic sizes the macro was built with (``_axes``)."""
+    K, V, dt = st.key_dim, st.value_dim, st.dtype
+    scalar_g, vector_g, add, varlen = st.gate == "scalar", st.gate == "vector", st.rule == "add", st.varlen
+    QB, NS, Tv, Hv, NCv = axes
+
+    @T.prim_func(s_tir=True)
+    def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
+             v: T.Buffer((QB, Tv, Hv, V), dt), g: T.Buffer(_gate_shape(st, QB, Tv, Hv), F32),
+             beta: T.Buffer((QB, Tv, Hv) if not add else (1,), F32),
+             h0: T.Buffer((NS, Hv, K, V), F32), cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
+             o: T.Buffer((QB, Tv, Hv, V), dt), ht: T.Buffer((NS, Hv, K, V), F32), scale: T.float32):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for n, h, jv in T.grid(NS, Hv, V // BV):
+            with T.sblock("tile"):
+                vn, vh, vv = T.axis.remap("SSS", [n, h, jv])
+                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K], v[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV],
+                           h0[vn, vh, 0:K, vv * BV:vv * BV + BV]]
+                          + ([g[0:QB, 0:Tv, vh]] if scalar_g else [])
+                          + ([g[0:QB, 0:Tv, vh, 0:K]] if vector_g else [])
+                          + ([beta[0:QB, 0:Tv, vh]] if not add else [])
+                          + ([cu_seqlens[vn:vn + 2]] if varlen else [])))
+                T.writes(o[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV], ht[vn, vh, 0:K, vv * BV:vv * BV + BV])
+                if varlen:
+                    seq_len: T.let = cu_seqlens[vn + 1] - cu_seqlens[vn]
+                    seq(q, k, v, g, beta, h0, o, ht, scale, 0, vn, vh, vv, cu_seqlens[vn], seq_len)
+                else:
+                    seq(q, k, v, g, beta, h0, o, ht, scale, vn, vn, vh, vv, 0, Tv)
+
+    return _keep_params(main, _signature(st))
+
+
 def recurrent(st: LinearStatic, *, block_v: int, mini_batch: int = 1, scopes: Scopes = Scopes()):
     """Build the recurrent-form PrimFunc ``main`` (the decode step when T = 1).
 
@@ -195,30 +229,7 @@ def recurrent(st: LinearStatic, *, block_v: int, mini_batch: int = 1, scopes: Sc
                 vk, vj = T.axis.remap("SS", [kk, j])
                 ht[vn, vh, vk, vv * BV + vj] = S[vk, vj]
 
-    @T.prim_func(s_tir=True)
-    def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
-             v: T.Buffer((QB, Tv, Hv, V), dt), g: T.Buffer(_gate_shape(st, QB, Tv, Hv), F32),
-             beta: T.Buffer((QB, Tv, Hv) if not add else (1,), F32),
-             h0: T.Buffer((NS, Hv, K, V), F32), cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
-             o: T.Buffer((QB, Tv, Hv, V), dt), ht: T.Buffer((NS, Hv, K, V), F32), scale: T.float32):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        for n, h, jv in T.grid(NS, Hv, V // BV):
-            with T.sblock("tile"):
-                vn, vh, vv = T.axis.remap("SSS", [n, h, jv])
-                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K], v[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV],
-                           h0[vn, vh, 0:K, vv * BV:vv * BV + BV]]
-                          + ([g[0:QB, 0:Tv, vh]] if scalar_g else [])
-                          + ([g[0:QB, 0:Tv, vh, 0:K]] if vector_g else [])
-                          + ([beta[0:QB, 0:Tv, vh]] if not add else [])
-                          + ([cu_seqlens[vn:vn + 2]] if varlen else [])))
-                T.writes(o[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV], ht[vn, vh, 0:K, vv * BV:vv * BV + BV])
-                if varlen:
-                    seq_len: T.let = cu_seqlens[vn + 1] - cu_seqlens[vn]
-                    seq(q, k, v, g, beta, h0, o, ht, scale, 0, vn, vh, vv, cu_seqlens[vn], seq_len)
-                else:
-                    seq(q, k, v, g, beta, h0, o, ht, scale, vn, vn, vh, vv, 0, Tv)
-
-    return _keep_params(main, _signature(st))
+    return _entry(st, seq, BV, (QB, NS, Tv, Hv, NCv))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -463,30 +474,7 @@ def chunk(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | No
                 vk, vj = T.axis.remap("SS", [kk, j])
                 ht[vn, vh, vk, vv * BV + vj] = S[vk, vj]
 
-    @T.prim_func(s_tir=True)
-    def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
-             v: T.Buffer((QB, Tv, Hv, V), dt), g: T.Buffer(_gate_shape(st, QB, Tv, Hv), F32),
-             beta: T.Buffer((QB, Tv, Hv) if not add else (1,), F32),
-             h0: T.Buffer((NS, Hv, K, V), F32), cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
-             o: T.Buffer((QB, Tv, Hv, V), dt), ht: T.Buffer((NS, Hv, K, V), F32), scale: T.float32):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        for n, h, jv in T.grid(NS, Hv, V // BV):
-            with T.sblock("tile"):
-                vn, vh, vv = T.axis.remap("SSS", [n, h, jv])
-                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K], v[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV],
-                           h0[vn, vh, 0:K, vv * BV:vv * BV + BV]]
-                          + ([g[0:QB, 0:Tv, vh]] if scalar_g else [])
-                          + ([g[0:QB, 0:Tv, vh, 0:K]] if vector_g else [])
-                          + ([beta[0:QB, 0:Tv, vh]] if not add else [])
-                          + ([cu_seqlens[vn:vn + 2]] if varlen else [])))
-                T.writes(o[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV], ht[vn, vh, 0:K, vv * BV:vv * BV + BV])
-                if varlen:
-                    seq_len: T.let = cu_seqlens[vn + 1] - cu_seqlens[vn]
-                    seq(q, k, v, g, beta, h0, o, ht, scale, 0, vn, vh, vv, cu_seqlens[vn], seq_len)
-                else:
-                    seq(q, k, v, g, beta, h0, o, ht, scale, vn, vn, vh, vv, 0, Tv)
-
-    return _keep_params(main, _signature(st))
+    return _entry(st, seq, BV, (QB, NS, Tv, Hv, NCv))
 
 
 # ------------------------------------------------------------------------------------------------
