@@ -69,8 +69,24 @@ def test_refuses_to_mix_runs_without_resume(tuned):
     assert r.returncode != 0 and "--resume" in r.stderr
 
 
-def test_tuned_record_is_dispatched_and_correct(tuned, monkeypatch):
-    monkeypatch.setenv("TVM_ATTN_TUNING_DIR", str(tuned))
+def _with_times(src: Path, dst_root: Path, best_s: float, default_s: float) -> Path:
+    folder = dst_root / "cpu" / SPEC.key
+    shutil.copytree(src / "cpu" / SPEC.key, folder)
+    prov = json.loads((folder / "provenance.json").read_text())
+    prov["best"]["measured_s"], prov["default"]["measured_s"] = best_s, default_s
+    (folder / "provenance.json").write_text(json.dumps(prov))
+    return folder
+
+
+def test_record_slower_than_the_default_is_not_applied(tuned, tmp_path, monkeypatch):
+    _with_times(tuned, tmp_path, 2e-3, 1e-3)
+    monkeypatch.setenv("TVM_ATTN_TUNING_DIR", str(tmp_path))
+    assert dispatch.lookup(SPEC, DeviceTarget("cpu")) is None
+
+
+def test_tuned_record_is_dispatched_and_correct(tuned, tmp_path, monkeypatch):
+    _with_times(tuned, tmp_path, 1e-3, 2e-3)  # whichever won this short CPU run, dispatch the record
+    monkeypatch.setenv("TVM_ATTN_TUNING_DIR", str(tmp_path))
     best = dispatch.lookup(SPEC, DeviceTarget("cpu"))
     assert best is not None and best.record_id.startswith(best.variant_key)
     ex = dispatch.build_tuned(SPEC, DeviceTarget("cpu"), best)

@@ -29,14 +29,15 @@ def lookup(spec: KernelSpec, tgt: DeviceTarget):
                        f"Tune it with: tvm-attn tune --op {spec.op} --head-dim {spec.head_dim} --group {spec.group} "
                        f"--dtype {spec.dtype} {'--causal' if spec.causal else ''}".rstrip())
         return None
-    prov = rec.provenance
-    if prov["best"]["measured_s"] >= prov["default"]["measured_s"]:
-        return None  # the run that made the record found nothing faster than the default decision
     try:
-        return load_best(spec, tgt, rec)
+        best = load_best(spec, tgt, rec)
     except StaleRecord as e:
         _warn_once(f"stale:{rec.path}", f"tvm-attn: ignoring stale tuning record {rec.path}: {e}")
         return None
+    prov = rec.provenance
+    if prov["best"]["measured_s"] >= prov["default"]["measured_s"]:
+        return None  # the run that made the record found nothing faster than the default decision
+    return best
 
 
 class StaleRecord(Exception):
