@@ -82,7 +82,7 @@ def ceilings(device: str) -> dict:
 def _slice_spec(entry, shape) -> dict[str, slice]:
     # a slice of the problem whose fp32 reference fits in memory: first batch row, one kv head and the
     # query heads that read it (registry dim names drive the slicing)
-    if "B" not in entry.symbolic_axes or shape.get("B", 1) * shape.get("Hq", 1) <= 4:
+    if not {"B", "Hq", "Hkv"} <= shape.keys() or shape["B"] * shape["Hq"] <= 4:
         return {}
     return {"B": slice(0, 1), "Hq": slice(0, shape["Hq"] // shape["Hkv"]), "Hkv": slice(0, 1)}
 
@@ -224,8 +224,11 @@ def run(ops: Sequence[str] | None = None, shapes: str = "quick", baselines: Sequ
 def _shape_str(s: dict) -> str:
     if "seqlens_q" in s:
         return f"varlen N={len(s['seqlens_q'])} H={s['Hq']}/{s['Hkv']} D={s['D']}{' causal' if s['causal'] else ''}"
-    return (f"B={s['B']} Tq={s['Tq']} Tk={s['Tk']} H={s['Hq']}/{s['Hkv']} D={s['D']}"
-            f"{' causal' if s.get('causal') else ''}")
+    if {"Tq", "Tk", "Hq", "Hkv"} <= s.keys():
+        return (f"B={s['B']} Tq={s['Tq']} Tk={s['Tk']} H={s['Hq']}/{s['Hkv']} D={s['D']}"
+                f"{' causal' if s.get('causal') else ''}")
+    # other families: every axis and flag as given by the registry
+    return " ".join(f"{k}={len(v) if isinstance(v, list) else v}" for k, v in s.items() if v is not None)
 
 
 def format_row(row: dict, ceil: dict) -> str:

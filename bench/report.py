@@ -11,6 +11,10 @@ README_START, README_END = "<!-- perf:start -->", "<!-- perf:end -->"
 
 
 def _label(s: dict) -> str:
+    if "Tq" not in s and "seqlens_q" not in s:
+        from .driver import _shape_str
+
+        return _shape_str(s)
     if "seqlens_q" in s:
         return f"varlen N={len(s['seqlens_q'])} D={s['D']}{' c' if s['causal'] else ''}"
     return f"B{s['B']} T{s['Tq']}" + (f"/{s['Tk']}" if s['Tk'] != s['Tq'] else "") + \

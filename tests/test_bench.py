@@ -79,3 +79,12 @@ def test_readme_section_is_generated(tmp_path):
     report.update_readme(tmp_path / "results", readme)
     text = readme.read_text()
     assert "old" not in text and "### h100" in text and text.startswith("head") and text.endswith("tail\n")
+
+
+def test_demo_command_checks_every_op():
+    r = subprocess.run([sys.executable, "-m", "tvm_attn.cli", "demo", "--device", "cpu"], capture_output=True,
+                       text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "all ops match the reference" in r.stdout
+    for e in registry.all_ops():
+        assert e.name in r.stdout
