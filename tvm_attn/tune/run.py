@@ -159,7 +159,7 @@ def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: i
                 _identity, sch_rules=[],
                 postprocs=[ms.postproc.RewriteParallelVectorizeUnroll()] if device == "cpu" else [],
                 mutator_probs={}),
-            search_strategy=PrivateCopyEvolutionarySearch(t.space, _mutators(device), population=16, init_random=8,
+            search_strategy=PrivateCopyEvolutionarySearch(t.space, _mutators(), population=16, init_random=8,
                                                           seed=seed + n),
             task_name=t.name, rand_state=seed + n, num_threads=workers or 2,
         ) for n, t in enumerate(tlist)]
@@ -204,9 +204,8 @@ def _identity(sch) -> None:
     return None
 
 
-def _mutators(device: str) -> list:
-    if device == "cpu":
-        return [ms.mutator.MutateTileSize(), MutateCategorical()]
+def _mutators() -> list:
+    # tile decisions (the warp split, the CPU vector split) and every categorical knob
     return [ms.mutator.MutateTileSize(), MutateCategorical()]
 
 
