@@ -31,15 +31,20 @@ def _check_tensor(name: str, t, ndim: int, dims: str) -> None:
         raise ValueError(f"{name} must be contiguous (layout {dims}); call .contiguous() first")
 
 
-def _check_qkv(q, k, v, ndim: int, qdims: str, kdims: str) -> None:
-    _check_tensor("q", q, ndim, qdims)
-    _check_tensor("k", k, ndim, kdims)
-    _check_tensor("v", v, ndim, kdims)
-    for name, t in (("k", k), ("v", v)):
+def check_like_q(q: torch.Tensor, **others: torch.Tensor) -> None:
+    """Each of ``others`` is on q's device with q's dtype."""
+    for name, t in others.items():
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share a dtype")
+
+
+def _check_qkv(q, k, v, ndim: int, qdims: str, kdims: str) -> None:
+    _check_tensor("q", q, ndim, qdims)
+    _check_tensor("k", k, ndim, kdims)
+    _check_tensor("v", v, ndim, kdims)
+    check_like_q(q, k=k, v=v)
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
     d = q.shape[-1]

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ...api import _check_tensor, check_cu_seqlens  # the house argument checks
+from ...api import _check_tensor, check_cu_seqlens, check_like_q  # the house argument checks
 from .kinds import FORMS, OP_KINDS
 from .torch_ops import OPS
 
@@ -26,11 +26,7 @@ def _check_qkv(q, k, v) -> None:
     _check_tensor("q", q, 4, "[B, T, H, K]")
     _check_tensor("k", k, 4, "[B, T, H, K]")
     _check_tensor("v", v, 4, "[B, T, H, V]")
-    for name, t in (("k", k), ("v", v)):
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share a dtype")
+    check_like_q(q, k=k, v=v)
     if k.shape != q.shape:
         raise ValueError(f"k must have q's shape [B, T, H, K] = {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
