@@ -1,7 +1,6 @@
 """Tuned dispatch: find the record of (op spec, card), refuse it when stale, replay and build it."""
 from __future__ import annotations
 
-import json
 import warnings
 
 from tvm_attn import _tvm
@@ -88,7 +87,3 @@ def build_tuned(spec: KernelSpec, tgt: DeviceTarget, best):
     return _tvm.compile_module(sch.mod, _tvm.cuda_target(tgt.arch),
                                _tvm.build_config(async_copy=variant.stages > 0))
 
-
-def describe(rec: records.RecordDir) -> str:
-    prov = rec.provenance
-    return json.dumps(prov, indent=1)
