@@ -61,8 +61,9 @@ VARIANT_SPACE: dict[int, tuple[FlashVariant, ...]] = {
 }
 
 # statements in the body of the key-tile loop once both reductions are decomposed:
-# K load, V load, S init, S mma, row pmax, row max, P exp, row sum, O rescale, O init, O mma, m update
-_KV_BODY = 12
+# K load, V load, S init, S mma, S mask, row pmax, row max (2 steps), reference max, P exp, row sum,
+# P cast, O rescale, O init, O mma, m update
+_KV_BODY = 16
 
 
 def _imap(i, j):
@@ -139,13 +140,15 @@ def apply_cuda(sch: Schedule, variant: FlashVariant, dtype: str, *, tunable: boo
         iw, ii = sch.split(iloop, [nw, per_warp])
         sch.reorder(iw, ii, jloop, kloop)
         sch.bind(iw, "threadIdx.y")
-        sch.reorder(kloop, ii, jloop)
+        # k outermost, then the B operand's column tiles: one B fragment (4 registers) is live at a
+        # time instead of a whole k-slice of them, which keeps hd128's O + S + operands under 255
+        sch.reorder(kloop, jloop, ii)
         caches = []
-        for name in (a_name, b_name):
+        for name, at in ((a_name, kloop), (b_name, jloop)):
             if name is None:
                 continue
             c = sch.cache_read(outer, _read_index(sch, outer, name), "warp")
-            sch.compute_at(c, kloop)
+            sch.compute_at(c, at)
             caches.append(c)
         return caches
 
@@ -187,7 +190,7 @@ def apply_cuda(sch: Schedule, variant: FlashVariant, dtype: str, *, tunable: boo
     _bind_fragment_init(sch, "O_gemm_init")
 
     # ---- softmax state and epilogue in fragment space: lane -> threadIdx.x, row tiles over warps ----
-    for buf_block in ("row_pmax", "m_init", "row_max", "l_init", "l_final"):
+    for buf_block in ("row_pmax", "m_init", "row_max", "row_max2", "l_init", "l_final"):
         sch.transform_layout(sch.get_sblock(buf_block), ("write", 0), _smap)
 
     def bind_rows(blk, tile_loop, lane, *rest):
@@ -198,21 +201,33 @@ def apply_cuda(sch: Schedule, variant: FlashVariant, dtype: str, *, tunable: boo
         for lp in (ai, *rest):  # register arrays need compile-time indices
             sch.unroll(lp)
 
-    for name in ("O_init", "P_exp", "O_store"):
+    for name in ("O_init", "P_cast", "O_store"):
         blk = sch.get_sblock(name)
         sch.transform_block_layout(blk, _imap)
         a, c, lane, loc = sch.get_loops(blk)[-4:]
         bind_rows(blk, a, lane, c, loc)
+    for name in ("O_rescale", "S_mask", "P_exp"):
+        blk = sch.get_sblock(name)
+        sch.transform_block_layout(blk, lambda i, j, r: (*_imap(i, j), r))
+        a, c, lane, loc, _ = sch.get_loops(blk)[-5:]
+        bind_rows(blk, a, lane, c, loc)
+    # O_rescale skips rows whose reference max stayed: put the fragment's row half (bit 1 of the
+    # register index) above the column loops, so the row test is hoisted out of them
     blk = sch.get_sblock("O_rescale")
-    sch.transform_block_layout(blk, lambda i, j, r: (*_imap(i, j), r))
-    a, c, lane, loc, _ = sch.get_loops(blk)[-5:]
-    bind_rows(blk, a, lane, c, loc)
-    for name in ("m_init", "l_init", "row_max", "m_update", "l_final", "lse_store"):
+    c, loc = sch.get_loops(blk)[-3:-1]
+    col_hi, half, col_lo = sch.split(loc, [2, 2, 2])
+    sch.reorder(half, c, col_hi, col_lo)
+    for lp in (half, col_hi, col_lo):
+        sch.unroll(lp)
+    for name in ("m_init", "l_init", "row_max", "row_max2", "m_update", "l_final", "lse_store"):
         blk = sch.get_sblock(name)
         sch.transform_block_layout(blk, _smap)
         a, lane, hf = sch.get_loops(blk)[-3:]
         bind_rows(blk, a, lane, hf)
-    blk = sch.get_sblock("row_pmax")
+    blk = sch.get_sblock("row_ref")
+    sch.transform_block_layout(blk, lambda i, q, r: (*_smap(i, q), r))
+    a, lane, hf, r = sch.get_loops(blk)[-4:]
+    bind_rows(blk, a, lane, hf, r)
     for name in ("row_pmax", "row_sum"):
         blk = sch.get_sblock(name)
         sch.transform_block_layout(blk, lambda i, q, jo, e: (*_smap(i, q), jo, e))
@@ -259,7 +274,7 @@ def apply_cpu(sch: Schedule, *, tunable: bool = False) -> None:
         blk = sch.get_sblock(name)
         sch.vectorize(sch.get_loops(blk)[-1])
     p_blk = sch.get_sblock("P_exp")
-    j = sch.get_loops(p_blk)[-1]
+    j = sch.get_loops(p_blk)[-2]  # (i, j, r): r is the one-element reduction of the in-place update
     n = sch.get(j).extent.value
     factors = sch.sample_perfect_tile(j, n=2, max_innermost_factor=16,
                                       decision=None if tunable else [n // min(n, 16), min(n, 16)])

@@ -42,6 +42,8 @@ def test_option_errors():
         tvm_attn.flash_attention(q, k, v, causal=1)
     with pytest.raises(TypeError, match="softmax_scale"):
         tvm_attn.flash_attention(q, k, v, softmax_scale=float("nan"))
+    with pytest.raises(ValueError, match="softmax_scale must be positive"):
+        tvm_attn.flash_attention(q, k, v, softmax_scale=0.0)
 
 
 def test_varlen_argument_errors():

@@ -79,6 +79,9 @@ def _scale(softmax_scale, d: int) -> float:
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or \
             not math.isfinite(softmax_scale):
         raise TypeError(f"softmax_scale must be a finite float or None, got {softmax_scale!r}")
+    if softmax_scale <= 0:
+        # the kernels mask hidden scores with -inf before scaling; a scale <= 0 would turn that into NaN
+        raise ValueError(f"softmax_scale must be positive, got {softmax_scale!r}")
     return float(softmax_scale)
 
 

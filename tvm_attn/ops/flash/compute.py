@@ -24,6 +24,10 @@ from ..._tvm import T, tirx
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 NEG = -1.0e30  # finite "minus infinity" for the running max: exp2(NEG - NEG) = 1, never NaN
+# lazy rescaling: a row's reference max moves only when the true max passes it by more than this
+# (log2 units), so P <= 2**RESCALE and most key tiles skip the O·α pass (exact: O, l and the final
+# normalisation share the reference)
+RESCALE = 8.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ def flash_forward(st: FlashStatic, tiles: FlashTiles, *, smem: str = "global", w
     ninf = tirx.const(-math.inf, acc)
     log2e = tirx.const(LOG2E, acc)
     ln2 = tirx.const(LN2, acc)
+    rescale = tirx.const(RESCALE, acc)
     causal = st.causal
 
     Bv, Tq, Tk, Hq, Hkv = (tirx.Var(n, "int32") for n in ("B", "Tq", "Tk", "Hq", "Hkv"))
@@ -83,15 +88,24 @@ def flash_forward(st: FlashStatic, tiles: FlashTiles, *, smem: str = "global", w
             n = T.ceildiv(len_k, BN)
         return T.max(T.Select(q0 < len_q, n, 0), tiles.min_kv_tiles)
 
-    def visible(row, col, len_q, len_k):
-        ok = col < len_k
+    def full_tiles(q0, len_q, len_k):
+        # key tiles every row of the query tile sees in full: no mask needed on them
         if causal:
-            ok = T.And(ok, col <= row + len_k - len_q)
-        return ok
+            return T.max(T.min(T.floordiv(q0 + len_k - len_q + 1, BN), T.floordiv(len_k, BN)), 0)
+        return T.floordiv(len_k, BN)
+
+    def visible(row, col, len_q, len_k):
+        # causal: for a row inside the sequence (row < len_q) the diagonal bound already implies
+        # col < len_k; rows past the end are computed on clamped data and never written
+        if causal:
+            return col <= row + len_k - len_q
+        return col < len_k
 
     @T.macro
     def tile(q, k, v, o, lse, sm_scale, bsel, vh, vq, q_off, len_q, k_off, len_k, last_q, last_k):
-        # one (sequence, query head, query tile); q0 = first row of the tile within its sequence
+        # one (sequence, query head, query tile); q0 = first row of the tile within its sequence.
+        # Row maxima are kept in raw score units; c turns them into the exp2 domain.
+        c = T.meta_var(sm_scale * log2e)
         Q_s = T.sblock_alloc_buffer((BM, D), dt, scope=smem)
         K_s = T.sblock_alloc_buffer((BN, D), dt, scope=smem)
         V_s = T.sblock_alloc_buffer((BN, D), dt, scope=smem)
@@ -100,6 +114,7 @@ def flash_forward(st: FlashStatic, tiles: FlashTiles, *, smem: str = "global", w
         O_w = T.sblock_alloc_buffer((BM, D), acc, scope=warp)
         pm = T.sblock_alloc_buffer((BM, 4), acc, scope=warp)
         m_w = T.sblock_alloc_buffer((BM, 4), acc, scope=warp)
+        mh_w = T.sblock_alloc_buffer((BM, 4), acc, scope=warp)
         mn_w = T.sblock_alloc_buffer((BM, 4), acc, scope=warp)
         l_w = T.sblock_alloc_buffer((BM, 4), acc, scope=warp)
         lf = T.sblock_alloc_buffer((BM, 4), acc, scope=warp)
@@ -120,6 +135,7 @@ def flash_forward(st: FlashStatic, tiles: FlashTiles, *, smem: str = "global", w
                 vi, vd = T.axis.remap("SS", [i, d])
                 O_w[vi, vd] = zero
         n_kv: T.let = kv_tiles(vq * BM, len_q, len_k)  # a bound var: the pipeline pass compares it symbolically
+        n_full: T.let = full_tiles(vq * BM, len_q, len_k)
         for kt in T.serial(n_kv):
             for j, d in T.grid(BN, D):
                 with T.sblock("K_load"):
@@ -136,42 +152,76 @@ def flash_forward(st: FlashStatic, tiles: FlashTiles, *, smem: str = "global", w
                         with T.init():
                             S_w[vi, vj] = zero
                         S_w[vi, vj] = S_w[vi, vj] + T.Cast(acc, Q_s[vi, vk]) * T.Cast(acc, K_s[vj, vk])
-            with T.sblock("row_pmax_scope"):
+            # only the tiles that straddle a sequence end or the causal diagonal pay for the mask:
+            # their hidden scores become -inf, so exp2 gives exactly 0 and a row that sees no key
+            # keeps the finite NEG as its max (sm_scale > 0 is checked by the API)
+            with T.sblock("S_mask_scope"):
                 vt = T.axis.remap("S", [kt])
+                if vt >= n_full:
+                    # an in-place update, written as a reduction over one element (see O_rescale)
+                    for i, j, r in T.grid(BM, BN, 1):
+                        with T.sblock("S_mask"):
+                            vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                            with T.init():
+                                S_w[vi, vj] = T.Select(visible(vq * BM + vi, vt * BN + vj, len_q, len_k),
+                                                       S_w[vi, vj], ninf)
+                            S_w[vi, vj] = S_w[vi, vj]
+            with T.sblock("row_pmax_scope"):
                 for i, qq, jo, e in T.grid(BM, 4, NJ8, 2):
                     with T.sblock("row_pmax"):
                         vi, vqq, vjo, ve = T.axis.remap("SSRR", [i, qq, jo, e])
                         with T.init():
                             pm[vi, vqq] = m_w[vi, vqq]
-                        pm[vi, vqq] = T.max(pm[vi, vqq], T.Select(
-                            visible(vq * BM + vi, vt * BN + vjo * 8 + vqq * 2 + ve, len_q, len_k),
-                            S_w[vi, vjo * 8 + vqq * 2 + ve] * (sm_scale * log2e), neg))
+                        pm[vi, vqq] = T.max(pm[vi, vqq], S_w[vi, vjo * 8 + vqq * 2 + ve])
+            # quad butterfly: lanes q and q^1, then q and q^2 (two shuffles per row, not four)
             with T.sblock("row_max_scope"):
                 for i, qq in T.grid(BM, 4):
                     with T.sblock("row_max"):
                         vi, vqq = T.axis.remap("SS", [i, qq])
-                        mn_w[vi, vqq] = T.max(T.max(pm[vi, 0], pm[vi, 1]), T.max(pm[vi, 2], pm[vi, 3]))
+                        mh_w[vi, vqq] = T.max(pm[vi, vqq], pm[vi, vqq // 2 * 2 + 1 - vqq % 2])
+            with T.sblock("row_max2_scope"):
+                for i, qq in T.grid(BM, 4):
+                    with T.sblock("row_max2"):
+                        vi, vqq = T.axis.remap("SS", [i, qq])
+                        mn_w[vi, vqq] = T.max(mh_w[vi, vqq], mh_w[vi, (vqq + 2) % 4])
+            # the reference max (lazy rescaling, see RESCALE), in place: each lane reads only its own
+            # slot, so the true max is not fetched from the other lanes twice
+            with T.sblock("row_ref_scope"):
+                for i, qq, r in T.grid(BM, 4, 1):
+                    with T.sblock("row_ref"):
+                        vi, vqq, vr = T.axis.remap("SSR", [i, qq, r])
+                        with T.init():
+                            mn_w[vi, vqq] = T.Select((mn_w[vi, vqq] - m_w[vi, vqq]) * c > rescale, mn_w[vi, vqq],
+                                                     m_w[vi, vqq])
+                        mn_w[vi, vqq] = mn_w[vi, vqq]
+            # P = exp2(S·c − m·c) in place, in fp32: the row sum adds the unrounded values, and P is
+            # rounded to the operand type once, for the second matmul
             with T.sblock("P_exp_scope"):
-                vt = T.axis.remap("S", [kt])
-                for i, j in T.grid(BM, BN):
+                for i, j, r in T.grid(BM, BN, 1):
                     with T.sblock("P_exp"):
-                        vi, vj = T.axis.remap("SS", [i, j])
-                        P_w[vi, vj] = T.Cast(pdt, T.Select(
-                            visible(vq * BM + vi, vt * BN + vj, len_q, len_k),
-                            T.exp2(S_w[vi, vj] * (sm_scale * log2e) - mn_w[vi, (vj % 8) // 2]), zero))
+                        vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                        with T.init():
+                            S_w[vi, vj] = T.exp2(S_w[vi, vj] * c - mn_w[vi, (vj % 8) // 2] * c)
+                        S_w[vi, vj] = S_w[vi, vj]
             with T.sblock("row_sum_scope"):
                 for i, qq, jo, e in T.grid(BM, 4, NJ8, 2):
                     with T.sblock("row_sum"):
                         vi, vqq, vjo, ve = T.axis.remap("SSRR", [i, qq, jo, e])
                         with T.init():
-                            l_w[vi, vqq] = l_w[vi, vqq] * T.exp2(m_w[vi, vqq] - mn_w[vi, vqq])
-                        l_w[vi, vqq] = l_w[vi, vqq] + T.Cast(acc, P_w[vi, vjo * 8 + vqq * 2 + ve])
+                            l_w[vi, vqq] = l_w[vi, vqq] * T.exp2((m_w[vi, vqq] - mn_w[vi, vqq]) * c)
+                        l_w[vi, vqq] = l_w[vi, vqq] + S_w[vi, vjo * 8 + vqq * 2 + ve]
+            with T.sblock("P_cast_scope"):
+                for i, j in T.grid(BM, BN):
+                    with T.sblock("P_cast"):
+                        vi, vj = T.axis.remap("SS", [i, j])
+                        P_w[vi, vj] = T.Cast(pdt, S_w[vi, vj])
             with T.sblock("R_scope"):
                 for i, d, r in T.grid(BM, D, 1):
                     with T.sblock("O_rescale"):
                         vi, vd, vr = T.axis.remap("SSR", [i, d, r])
                         with T.init():
-                            O_w[vi, vd] = O_w[vi, vd] * T.exp2(m_w[vi, (vd % 8) // 2] - mn_w[vi, (vd % 8) // 2])
+                            if m_w[vi, (vd % 8) // 2] != mn_w[vi, (vd % 8) // 2]:
+                                O_w[vi, vd] = O_w[vi, vd] * T.exp2((m_w[vi, (vd % 8) // 2] - mn_w[vi, (vd % 8) // 2]) * c)
                         O_w[vi, vd] = O_w[vi, vd]
             with T.sblock("O_scope"):
                 for i, d, kk in T.grid(BM, D, BN):
@@ -194,7 +244,7 @@ def flash_forward(st: FlashStatic, tiles: FlashTiles, *, smem: str = "global", w
                 vi, vqq = T.axis.remap("SS", [i, qq])
                 if vqq == 0 and vq * BM + vi < len_q:
                     lse[bsel, vh, q_off + vq * BM + vi] = T.Select(
-                        lf[vi, vqq] > zero, (m_w[vi, vqq] + T.log2(lf[vi, vqq])) * ln2, ninf)
+                        lf[vi, vqq] > zero, (m_w[vi, vqq] * c + T.log2(lf[vi, vqq])) * ln2, ninf)
         for i, d in T.grid(BM, D):
             with T.sblock("O_store"):
                 vi, vd = T.axis.remap("SS", [i, d])
