@@ -23,7 +23,7 @@ import torch
 
 from tvm_attn import registry
 
-from .baselines import BASELINES, DEFAULT_CPU, DEFAULT_CUDA
+from .baselines import BASELINES, DEFAULT_CPU, DEFAULT_CUDA, Checked
 
 REPO = Path(__file__).resolve().parent.parent
 L2_DEFAULT = 50 << 20
@@ -93,24 +93,61 @@ def _apply_slice(t, dims, sl):
     return t[tuple(sl.get(d, slice(None)) for d in dims)]
 
 
-def check(entry, shape, inputs, outputs) -> dict:
-    """FlashAttention's rule on the first output: error <= 2 x error of the low-precision reference + rounding."""
+def reference(entry, shape, inputs) -> tuple[dict[str, slice], torch.Tensor, torch.Tensor]:
+    """(slice, fp32 reference, low-precision reference) of the first output on the checked slice."""
     sl = _slice_spec(entry, shape)
     ins = {t.name: _apply_slice(inputs[t.name], t.dims, sl) for t in entry.inputs}
     ins.update({k: v for k, v in inputs.items() if k not in ins})
-    out = outputs[0] if isinstance(outputs, tuple) else outputs
-    out = _apply_slice(out, entry.outputs[0].dims, sl)
     params = entry.params(shape)
     ref = entry.reference(**ins, **params)
-    ref = (ref[0] if isinstance(ref, tuple) else ref).float()
     low = entry.reference(**ins, **params, upcast=False)
-    low = (low[0] if isinstance(low, tuple) else low).float()
+    return sl, (ref[0] if isinstance(ref, tuple) else ref).float(), (low[0] if isinstance(low, tuple) else low).float()
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖₂ / ‖ref‖₂ over all elements (inf when out has a non-finite element)."""
+    out = out.float()
+    if not bool(torch.isfinite(out).all()):
+        return math.inf
+    return float(torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30))
+
+
+def check(entry, shape, inputs, outputs, refs: tuple | None = None) -> dict:
+    """FlashAttention's rule on the first output: error <= 2 x error of the low-precision reference + rounding.
+    ``refs``: ``reference(entry, shape, inputs)`` when the caller already has it."""
+    sl, ref, low = refs if refs is not None else reference(entry, shape, inputs)
+    out = outputs[0] if isinstance(outputs, tuple) else outputs
+    out = _apply_slice(out, entry.outputs[0].dims, sl)
     err = float((out.float() - ref).abs().max())
     err_low = float((low - ref).abs().max())
     r = ref.to(out.dtype)
     bound = 2 * err_low + 2 * float(((r + 0.3 - 0.3) - r).abs().max()) + (1e-5 if out.dtype == torch.float32 else 0)
     ok = bool(torch.isfinite(out).all()) and err <= bound
-    return {"ok": ok, "max_err": err, "bound": bound, "ref_lowp_err": err_low, "sliced": bool(sl)}
+    return {"ok": ok, "max_err": err, "bound": bound, "ref_lowp_err": err_low, "sliced": bool(sl),
+            "rel_err": rel_err(out, ref)}
+
+
+# a checked baseline (fla) whose relative error exceeds this computes something else: not timed
+BASELINE_REL_TOL = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 5e-2}
+
+
+def check_baseline(entry, fn, refs: tuple, dtype: str) -> dict:
+    """Run a ``Checked`` baseline once against the fp32 reference: {"rel_err", "max_err"} or, when it
+    disagrees beyond ``BASELINE_REL_TOL``, {"missing": "not comparable: ..."} (it is then not timed)."""
+    sl, ref, _ = refs
+    try:
+        out = _apply_slice(fn.first_output(fn()), entry.outputs[0].dims, sl)
+    except Exception as e:  # noqa: BLE001  (reported, the other baselines still run)
+        return {"missing": f"unavailable: {type(e).__name__}: {str(e)[:120]}"}
+    if tuple(out.shape) != tuple(ref.shape):
+        return {"missing": f"not comparable: output shape {tuple(out.shape)}, ours {tuple(ref.shape)}"}
+    err, tol = rel_err(out, ref), BASELINE_REL_TOL[dtype]
+    res = {"rel_err": err, "max_err": float((out.float() - ref).abs().max())}
+    if not err <= tol:
+        res["missing"] = f"not comparable: relative error {err:.2e} > {tol:.0e} against the fp32 reference"
+    if fn.note:
+        res["note"] = fn.note
+    return res
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -137,7 +174,8 @@ def bench_point(entry, shape, dtype: str, device: str, baselines: Sequence[str],
     except Exception as e:  # noqa: BLE001  (reported, not raised: the other points still run)
         row["error"] = f"{type(e).__name__}: {e}"[:300]
         return row
-    row["check"] = check(entry, shape, sets[0], outputs)
+    refs = reference(entry, shape, sets[0])
+    row["check"] = check(entry, shape, sets[0], outputs, refs)
     del outputs
     if not row["check"]["ok"]:
         return row
@@ -149,7 +187,11 @@ def bench_point(entry, shape, dtype: str, device: str, baselines: Sequence[str],
         if isinstance(fns[0], str):
             row["baselines"][name] = {"missing": fns[0]}
             continue
-        row["baselines"][name] = {"s": time_calls(fns, device)}
+        res = check_baseline(entry, fns[0], refs, dtype) if isinstance(fns[0], Checked) else {}
+        if "missing" not in res:  # a baseline computing something else is not timed
+            res["s"] = time_calls(fns, device)
+        row["baselines"][name] = res
+    del refs
     if device == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -172,9 +214,10 @@ def provenance(device: str) -> dict:
             "torch": torch.__version__, "tvm": _tvm.TVM_VERSION, "tvm_ffi": _tvm.tvm_ffi.__version__,
             "python": platform.python_version(), "host": platform.node()}
     try:
-        # a copy of the tree without .git (a device machine) passes the commit in TVM_ATTN_GIT
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                     text=True, timeout=10).stdout.strip() or os.environ.get("TVM_ATTN_GIT")
+        # a copy of the tree whose git metadata is not the code's commit (a device machine) names the
+        # commit in TVM_ATTN_GIT, which wins
+        info["git"] = os.environ.get("TVM_ATTN_GIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         info["git_dirty"] = bool(dirty)
@@ -242,7 +285,8 @@ def format_row(row: dict, ceil: dict) -> str:
     if "gemm_bf16_8192_TFLOPs" in ceil:
         parts.append(f"{100 * row['flops'] / t / 1e12 / ceil['gemm_bf16_8192_TFLOPs']:4.0f}% of GEMM")
     for name, b in row["baselines"].items():
-        parts.append(f"{name} -" if "missing" in b else f"{name} {b['s'] / t:.2f}x")
+        err = f" (err {b['rel_err']:.1e})" if "rel_err" in b else ""
+        parts.append(f"{name} -" if "missing" in b else f"{name} {b['s'] / t:.2f}x{err}")
     return f"{head} " + " | ".join(parts)
 
 

@@ -37,17 +37,28 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['op']} | {_label(r['shape'])} | {r['dtype']} | {why} | | " + " | " * len(names))
             continue
         t = r["ours_s"]
-        cells = []
-        for n in names:
-            b = r["baselines"].get(n, {"missing": "not run"})
-            cells.append("—" if "missing" in b else f"{b['s'] / t:.2f}× ({b['s'] * 1e3:.3f} ms)")
+        cells = [_cell(r, r["baselines"].get(n, {"missing": "not run"})) for n in names]
         lines.append(f"| {r['op']} | {_label(r['shape'])} | {r['dtype']} | {t * 1e3:.3f} | "
                      f"{r['flops'] / t / 1e12:.1f} | " + " | ".join(cells) + " |")
     missing = sorted({f"{n}: {b['missing']}" for r in rows for n, b in r.get("baselines", {}).items()
                       if "missing" in b})
+    if any("rel_err" in b for r in rows for b in r.get("baselines", {}).values()):
+        lines += ["", "err: relative error ‖o − ref‖₂/‖ref‖₂ of the baseline's output against the op's fp32 "
+                  "reference, checked once before timing (ours: the same measure on our output)."]
     if missing:
         lines += ["", "Baselines not timed: " + "; ".join(missing) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict, b: dict) -> str:
+    """A baseline's table cell: ratio and time, and its relative error beside ours when it was checked."""
+    if "missing" in b:
+        return "—"
+    cell = f"{b['s'] / row['ours_s']:.2f}× ({b['s'] * 1e3:.3f} ms"
+    if "rel_err" in b:
+        ours = row["check"].get("rel_err")
+        cell += f"; err {b['rel_err']:.1e}" + (f", ours {ours:.1e}" if ours is not None else "")
+    return cell + ")"
 
 
 def plot(result: dict, path: Path) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from dataclasses import replace
 
+import torch
+
 from tvm_attn import registry
-from tvm_attn.bench import driver, report
+from tvm_attn.bench import baselines, driver, report
 from tvm_attn.ops.flash import visible_pairs
 
 TINY = {"B": 1, "Tq": 48, "Tk": 80, "Hq": 4, "Hkv": 2, "D": 64, "causal": True}
@@ -88,3 +91,134 @@ def test_demo_command_checks_every_op():
     assert "all ops match the reference" in r.stdout
     for e in registry.all_ops():
         assert e.name in r.stdout
+
+
+# ------------------------------------------------------------------------------------- fla baselines
+LINEAR_CHUNK = {"B": 2, "T": 100, "H": 2, "K": 64, "V": 64, "form": "chunk", "chunk_size": 64}
+FLA_NAMES = {"linear_attention": "chunk_linear_attn", "simple_gla": "chunk_simple_gla", "gla": "chunk_gla",
+             "delta_rule": "chunk_delta_rule", "gated_delta_rule": "chunk_gated_delta_rule"}
+
+
+# the keyword arguments of fla 0.6.0's chunk functions (fla/ops/<op>/chunk.py; chunk_size through **kwargs)
+_COMMON = {"scale", "initial_state", "output_final_state", "cu_seqlens"}
+FLA_KEYWORDS = {"linear_attention": _COMMON | {"normalize"},
+                "simple_gla": _COMMON | {"cu_seqlens_cpu", "chunk_size", "g_gamma", "state_v_first"},
+                "gla": _COMMON | {"cu_seqlens_cpu", "state_v_first"},
+                "delta_rule": _COMMON | {"cu_seqlens_cpu", "chunk_size", "use_qk_l2norm_in_kernel"},
+                "gated_delta_rule": _COMMON | {"cu_seqlens_cpu", "chunk_size", "use_qk_l2norm_in_kernel",
+                                               "state_v_first", "chunk_indices"}}
+
+
+def _linear_ops() -> list:
+    return [e for e in registry.all_ops() if e.family == "linear"]
+
+
+def test_fla_mapping_covers_every_linear_op():
+    for e in _linear_ops():
+        mapped = baselines.FLA_OPS[e.name]  # every linear op is mapped or says why not
+        if e.name == "ttt_linear":
+            assert isinstance(mapped, str) and mapped.startswith("no fla counterpart")
+            continue
+        module, name, extra = mapped
+        assert name == FLA_NAMES[e.name] and module == f"fla.ops.{module.split('.')[-1]}"
+        assert extra.get("normalize", False) is False and extra.get("use_qk_l2norm_in_kernel", False) is False
+    assert baselines.FLA_OPS["linear_attention"][2] == {"normalize": False}  # ours is unnormalised
+
+
+def test_fla_reason_strings_on_the_cpu():
+    lin = registry.get("simple_gla")
+    inputs = lin.make_inputs(LINEAR_CHUNK, torch.float32, "cpu")
+    assert "CUDA GPU" in baselines.BASELINES["fla"](lin, LINEAR_CHUNK, inputs)
+    ttt = registry.get("ttt_linear")
+    assert "no fla counterpart" in baselines.BASELINES["fla"](ttt, LINEAR_CHUNK,
+                                                              ttt.make_inputs(LINEAR_CHUNK, torch.float32, "cpu"))
+    flash = registry.get("flash_fwd")
+    assert baselines.BASELINES["fla"](flash, TINY, flash.make_inputs(TINY, torch.float32, "cpu")) == \
+        "not a linear-attention op"
+
+
+def test_linear_anchor_shapes():
+    for name in ("simple_gla", "gla", "gated_delta_rule"):
+        anchors = registry.get(name).shapes["anchors"]
+        got = {(s["B"], s["T"], s["H"], s["K"]) for s in anchors if s["form"] == "chunk" and s["K"] == s["V"]}
+        assert {(1, 32768, 16, 128), (8, 2048, 16, 128)} <= got
+
+
+def _fake_fla(monkeypatch, calls: list, *, wrong: bool = False) -> None:
+    """Modules ``fla.ops.<op>`` whose chunk functions check fla's signature and run our fp32 reference
+    (``wrong``: ignore the gates, i.e. a different computation)."""
+    from tvm_attn.ops.linear.reference import REFERENCES
+
+    def make(op):
+        gates = {"linear_attention": (), "simple_gla": ("g",), "gla": ("g",), "delta_rule": ("beta",),
+                 "gated_delta_rule": ("g", "beta")}[op]
+
+        def fn(q, k, v, *per_token, **kwargs):
+            unknown = set(kwargs) - FLA_KEYWORDS[op]
+            assert not unknown, f"fla's {FLA_NAMES[op]} takes no {unknown}"
+            scale, initial_state = kwargs.get("scale"), kwargs.get("initial_state")
+            output_final_state, cu_seqlens = kwargs.get("output_final_state", False), kwargs.get("cu_seqlens")
+            calls.append({"op": op, "scale": scale, "output_final_state": output_final_state,
+                          "normalize": kwargs.get("normalize"), "l2norm": kwargs.get("use_qk_l2norm_in_kernel"),
+                          "cu_seqlens": cu_seqlens, "chunk_size": kwargs.get("chunk_size", 64)})
+            assert len(per_token) == len(gates)
+            kw = dict(zip(gates, per_token))
+            if wrong:
+                kw = {n: (torch.zeros_like(x) if n == "g" else torch.ones_like(x)) for n, x in kw.items()}
+            o, ht = REFERENCES[op](q, k, v, **kw, scale=scale, initial_state=initial_state,
+                                   output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+            return o.to(q.dtype), ht
+        return fn
+
+    for op, name in FLA_NAMES.items():
+        module = baselines.FLA_OPS[op][0]
+        mod = types.ModuleType(module)
+        setattr(mod, name, make(op))
+        monkeypatch.setitem(sys.modules, module, mod)
+
+
+def test_fla_call_passes_our_arguments(monkeypatch):
+    calls: list = []
+    _fake_fla(monkeypatch, calls)
+    for e in _linear_ops():
+        if e.name == "ttt_linear":
+            assert baselines.fla_call(e, LINEAR_CHUNK, {}) == baselines.FLA_OPS["ttt_linear"]
+            continue
+        for shape in e.shapes["quick"]:
+            inputs = e.make_inputs(shape, torch.float32, "cpu")
+            call = baselines.fla_call(e, shape, inputs)
+            if shape["form"] != "chunk":
+                assert isinstance(call, str) and "chunk form only" in call
+                continue
+            refs = driver.reference(e, shape, inputs)
+            res = driver.check_baseline(e, call, refs, "float32")
+            assert "missing" not in res and res["rel_err"] < 1e-5, (e.name, shape, res)
+            c = calls[-1]
+            assert c["op"] == e.name and c["scale"] == 64 ** -0.5 and c["output_final_state"] is True
+            # fla's chunk_linear_attn normalises by default (ours does not); the others take no such flag
+            assert c["normalize"] is (False if e.name == "linear_attention" else None)
+            assert c["l2norm"] is (False if "delta" in e.name else None) and c["chunk_size"] == 64
+            assert (c["cu_seqlens"] is None) == ("seqlens" not in shape)
+            if c["cu_seqlens"] is not None:
+                assert c["cu_seqlens"].dtype == torch.int64
+
+
+def test_driver_checks_fla_before_timing_it(monkeypatch):
+    """A checked baseline that computes the same thing is timed with its error beside the time; one that
+    computes something else is recorded as not comparable, untimed."""
+    e = registry.get("gated_delta_rule")
+    for wrong in (False, True):
+        calls: list = []
+        with monkeypatch.context() as m:
+            _fake_fla(m, calls, wrong=wrong)
+            m.setitem(baselines.BASELINES, "fla", baselines.fla_call)  # the CUDA/installed checks skipped
+            row = driver.bench_point(e, LINEAR_CHUNK, "float32", "cpu", ["fla"], driver.L2_DEFAULT)
+        assert row["check"]["ok"] and row["check"]["rel_err"] < 1e-4
+        fla = row["baselines"]["fla"]
+        if wrong:
+            assert "s" not in fla and fla["missing"].startswith("not comparable") and fla["rel_err"] > 5e-2
+        else:
+            assert fla["s"] > 0 and fla["rel_err"] < 1e-5 and "missing" not in fla
+            md = report.markdown({"provenance": {"card": {"name": "c"}, "device": "cpu", "date": "d", "torch": "t",
+                                                 "tvm": "v"}, "ceilings": {}, "rows": [row]})
+            assert "err " in md and "ours " in md
