@@ -18,7 +18,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        # in fp32, cast back (as Llama does): the export then carries the casts, so a runtime that sums
+        # in the tensor's dtype (TVM's ReduceMean of an fp16 tensor accumulates in fp16) does not lose the
+        # mean of squares to fp16 rounding or overflow (sum of squares > 65504: RMS > 5.7 at hidden 2048)
+        h = x.float()
+        return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
 def rope_tables(max_len: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ restores it. A tvm_attn-domain op without a converter here is inlined (its funct
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -40,18 +41,40 @@ class _Fixed:
         return self.convert
 
 
-def _kernel_func(spec: KernelSpec, target: str):
-    """The scheduled flash PrimFunc of ``spec``, scalar parameters moved before the outputs (call_tir
-    passes its arguments to the leading parameters and appends the outputs)."""
+def _scheduled(spec: KernelSpec, target: str) -> tuple[Any, str]:
+    """The scheduled flash PrimFunc that ``kernels.get(spec, device)`` compiles for the torch ops on this
+    target, and its schedule name (``Kernel.schedule``). CUDA (GPU 0): the tuned record that
+    ``tune.dispatch.lookup`` accepts for this card (stale or slower records are refused there), else the
+    default decision. CPU: the ``apply_cpu`` schedule (no CPU records are shipped)."""
     if target == "cuda":
-        func = kernels.cuda_schedule(spec, kernels.default_variant(spec)).mod["main"]
-    else:
-        from tvm_attn.ops.flash.compute import FlashTiles, flash_forward
-        from tvm_attn.schedules.flash import apply_cpu
+        import torch
 
-        sch = _tvm.Schedule(flash_forward(kernels.flash_static(spec), FlashTiles(*kernels.CPU_TILES)))
-        apply_cpu(sch)
-        func = sch.mod["main"]
+        from tvm_attn.tune import dispatch, tasks
+
+        tgt = kernels.device_target(torch.device("cuda", 0))
+        best = dispatch.lookup(spec, tgt)
+        if best is not None:
+            variant = tasks.variant_from_key(spec, "cuda", best.variant_key)
+            return tasks.replay(spec, "cuda", variant, best.trace).mod["main"], kernels.tuned_plan(spec, tgt, best).name
+        sch = kernels.cuda_schedule(spec, kernels.default_variant(spec))
+        return sch.mod["main"], kernels.default_plan(spec, tgt).name
+    from tvm_attn.ops.flash.compute import FlashTiles, flash_forward
+    from tvm_attn.schedules.flash import apply_cpu
+
+    sch = _tvm.Schedule(flash_forward(kernels.flash_static(spec), FlashTiles(*kernels.CPU_TILES)))
+    apply_cpu(sch)
+    return sch.mod["main"], kernels.default_plan(spec, kernels.DeviceTarget("cpu")).name
+
+
+# spec key -> schedule name of every flash kernel emitted by the import in progress (set by converters())
+_SCHEDULES: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("tvm_attn_onnx_schedules")
+
+
+def _kernel_func(spec: KernelSpec, target: str):
+    """``_scheduled(spec, target)``'s PrimFunc with its scalar parameters moved before the outputs (call_tir
+    passes its arguments to the leading parameters and appends the outputs)."""
+    func, schedule = _scheduled(spec, target)
+    _SCHEDULES.get({})[spec.key] = schedule
     scalars = [p for p in func.params if isinstance(p.ty, _tvm.tvm.ir.PrimType)]
     tensors = [p for p in func.params if not isinstance(p.ty, _tvm.tvm.ir.PrimType)]  # ..., out, lse
     func = _tvm.tirx.PrimFunc(tensors[:-2] + scalars + tensors[-2:], func.body, func.ret_type, func.attrs)
@@ -62,8 +85,10 @@ def _kernel_func(spec: KernelSpec, target: str):
 def _flash(bb, q, k, v, *, causal: bool, scale: float | None, target: str, cu: tuple = ()):
     """Emit the flash kernel on q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D] -> (out, lse [B, Hq, Tq]).
 
-    ``cu``: (cu_seqlens_q, cu_seqlens_k, max_seqlen_q) for the packed form (B = 1). On CUDA the
-    tensor-core kernel takes fp16/bf16: fp32 attention runs in fp16 there (fp32 accumulation).
+    ``cu``: (cu_seqlens_q, cu_seqlens_k, max_seqlen_q) for the packed form (B = 1). fp16/bf16 models run
+    the kernel in their own dtype. On CUDA the tensor-core kernel takes fp16/bf16 only: the q, k, v of an
+    fp32 model are cast to fp16 there (fp32 accumulation, the output cast back to fp32), so an fp32 model's
+    attention on CUDA carries fp16 rounding; export in fp16/bf16 for CUDA.
     """
     relax, _ = _tvm.relax_onnx()
     op = relax.op
@@ -180,16 +205,20 @@ DOMAIN_CONVERTERS: dict[str, Callable[[str], Converter]] = {
 
 
 @contextlib.contextmanager
-def converters(target: str) -> Iterator[None]:
-    """Patch the Relax ONNX frontend's converter table with tvm-attn's for ``target``; always restored."""
+def converters(target: str) -> Iterator[dict[str, str]]:
+    """Patch the Relax ONNX frontend's converter table with tvm-attn's for ``target``; always restored.
+    Yields a dict that fills with ``spec key -> schedule name`` of the flash kernels the import emits."""
     _, frontend = _tvm.relax_onnx()
     original = frontend._get_convert_map
     ours = {name: _Fixed(make(target)) for name, make in DOMAIN_CONVERTERS.items()}
     ours["Attention"] = _Fixed(_attention(target, original()["Attention"]))
     frontend._get_convert_map = lambda: {**original(), **ours}
+    schedules: dict[str, str] = {}
+    token = _SCHEDULES.set(schedules)
     try:
-        yield
+        yield schedules
     finally:
+        _SCHEDULES.reset(token)
         frontend._get_convert_map = original
 
 
@@ -218,10 +247,12 @@ class TvmModel:
     """An ONNX model compiled by TVM: call it with the graph's inputs in order (torch tensors in, torch
     tensors out; a model with several outputs returns a tuple)."""
 
-    def __init__(self, executable, device, input_names: list[str]) -> None:
+    def __init__(self, executable, device, input_names: list[str], schedules: dict[str, str] | None = None) -> None:
         relax, _ = _tvm.relax_onnx()
         self.vm = relax.VirtualMachine(executable, device)
         self.input_names = input_names
+        # spec key -> schedule of each flash kernel inside (the names kernels.get gives the torch ops)
+        self.schedules = dict(schedules or {})
 
     def __call__(self, *inputs: Any) -> Any:
         if len(inputs) != len(self.input_names):
@@ -234,24 +265,28 @@ class TvmModel:
 def from_onnx(model: str | os.PathLike | onnx.ModelProto, *, target: str = "llvm") -> TvmModel:
     """Compile an ONNX model with TVM for ``target`` ("llvm": this CPU, "cuda": GPU 0 of this machine).
 
-    tvm_attn-domain ops and the standard ``Attention`` run tvm-attn's flash kernel (CPU: the
-    ``apply_cpu`` schedule; CUDA: the default tensor-core schedule, fp32 attention in fp16); tvm_attn ops
-    without a converter run their function bodies; every other op goes through TVM's ONNX frontend.
-    Batch and sequence axes stay symbolic.
+    tvm_attn-domain ops and the standard ``Attention`` run tvm-attn's flash kernel with the schedule the
+    torch ops get from ``kernels.get`` (CUDA: this card's tuned record when dispatch accepts one, else the
+    default tensor-core decision, in the model's fp16/bf16; an fp32 model's attention runs in fp16 on
+    CUDA. CPU: the ``apply_cpu`` schedule); ``TvmModel.schedules`` names them. tvm_attn ops without a
+    converter run their function bodies; every other op goes through TVM's ONNX frontend (on CUDA its
+    kernels are scheduled by dlight). Batch and sequence axes stay symbolic.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
     proto = _inline_unconverted(proto)
     _, frontend = _tvm.relax_onnx()
-    with converters(target):
+    with converters(target) as schedules:
         mod = frontend.from_onnx(proto)
     if target == "cuda":
         import torch
 
         arch = kernels.device_target(torch.device("cuda", 0)).arch
+        # the flash build's options; cp.async rewrites only the copies a software pipeline marked async,
+        # so a kernel without a pipeline (and dlight's kernels) compile as they would without it
         ex, dev = _tvm.compile_module(mod, _tvm.cuda_target(arch), _tvm.build_config()), _tvm.tvm.cuda(0)
     else:
         ex, dev = _tvm.compile_module(mod, _tvm.cpu_target()), _tvm.tvm.cpu(0)
     initializers = {i.name for i in proto.graph.initializer}
-    return TvmModel(ex, dev, [i.name for i in proto.graph.input if i.name not in initializers])
+    return TvmModel(ex, dev, [i.name for i in proto.graph.input if i.name not in initializers], schedules)

@@ -16,6 +16,13 @@ CUDA:
   of the smallest product's 16-row tiles (``sample_perfect_tile``: warps own row tiles of every
   product), and the unroll depth of the chunk loop (``sample_categorical``); the value tile is a
   compute-level variant, its own task, as in flash.
+* the split chunk form (``apply_cuda_chunk_part``; ``ops/linear/split.py``, the CUDA chunk path of
+  linear_attention, simple_gla, delta_rule, gated_delta_rule): prep (one CTA per (chunk, head): K Kᵀ,
+  Tm·(βeᵇK), Tm·(βV) on tensor cores, the solve one column per thread), state (one CTA per (sequence,
+  head, value tile[, key tile]) walks the chunks: W·S and (K ⊙ decay)ᵀ·V on tensor cores, the fp32 state
+  in shared memory; knobs: warps, chunk-loop unroll), output (one CTA per (chunk, head, value tile):
+  Q Kᵀ and [eᵇQ | P]·[h; V] on tensor cores). Tiles are compute-level variants
+  (``DEFAULT_SPLIT_VARIANTS``); warps are a ``sample_perfect_tile`` knob in each.
 * parallel forms (``apply_cuda_parallel``): one CTA per (sequence, head, value tile, query tile); Q Kᵀ
   and P V of each key tile on tensor cores.
 * recurrent forms (``apply_cuda_recurrent``): CUDA cores; one thread per state column, the column of
@@ -40,7 +47,7 @@ def _has(sch: Schedule, name: str) -> bool:
 # CPU
 # ------------------------------------------------------------------------------------------------
 
-_GEMMS = ("A_gemm", "KS_gemm", "U_gemm", "O_gemm", "Sa_gemm")
+_GEMMS = ("A_gemm", "KS_gemm", "U_gemm", "O_gemm", "Sa_gemm", "W_gemm", "WS_gemm")
 
 
 def apply_cpu(sch: Schedule) -> None:
@@ -66,14 +73,23 @@ class LinearVariant:
     block_v: int = 32  # state columns per CTA
     warps: int = 4  # default decision of the warp count (a sampled knob)
     unroll: int = 16  # default decision of the unroll depth (a sampled knob)
+    block_k: int = 0  # state rows per CTA of the split state kernel (add rule; 0: all K)
 
     @property
     def key(self) -> str:
-        return f"bv{self.block_v}w{self.warps}u{self.unroll}"
+        bk = f"bk{self.block_k}" if self.block_k else ""
+        return f"bv{self.block_v}{bk}w{self.warps}u{self.unroll}"
 
 
 DEFAULT_CHUNK_VARIANT = LinearVariant(block_v=32, warps=4, unroll=16)
 DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
+# the split chunk form (``ops/linear/split.py``), per kernel; the state kernel's key tile applies to the
+# add rule only (the delta rule's W S needs every key row)
+DEFAULT_SPLIT_VARIANTS = {
+    "prep": LinearVariant(block_v=0, warps=4, unroll=0),
+    "state": LinearVariant(block_v=32, warps=4, unroll=16, block_k=64),
+    "output": LinearVariant(block_v=64, warps=4, unroll=0),
+}
 UNROLL_CHOICES = (0, 16, 64)
 
 # element-wise blocks of the chunk form: name -> number of trailing loops spread over the CTA's threads
@@ -217,6 +233,97 @@ def apply_cuda_chunk(sch: Schedule, variant: LinearVariant, dtype: str, *, chunk
     sch.annotate(sch.get_loops("chunk")[0], "pragma_auto_unroll_max_step", unroll)
 
 
+def _warps(sch: Schedule, gemms: dict, variant: LinearVariant, tunable: bool):
+    """The warp-count knob: a perfect tiling of the 16-row tiles of the matmul with the fewest (warps
+    own row tiles of every matmul; the counts are powers of two, so the tiling divides them all)."""
+    rows = {name: int(sch.get(tiles_of[1]).extent) for name, (tiles_of, _) in gemms.items()}
+    smallest = min(rows, key=rows.get)
+    tiles = rows[smallest]
+    warps = min(variant.warps, tiles)
+    nw, _ = sch.sample_perfect_tile(gemms[smallest][0][1], n=2, max_innermost_factor=tiles,
+                                    decision=None if tunable else [warps, tiles // warps])
+    return nw
+
+
+def _split_common(sch: Schedule, dtype: str, gemms: dict, nw, elementwise: tuple, aligned: dict) -> None:
+    """Tensor-core matmuls, element-wise blocks spread over the CTA, ldmatrix operands padded."""
+    intrin = dict(mma_intrins(dtype), store_f32="mma_store_16x16_f32_shared_dyn_simple_")
+    for name, (tiles_of, operands) in gemms.items():
+        _tc_gemm(sch, name, tiles_of, *operands, nw, intrin)
+    for name in elementwise:
+        if _has(sch, name):
+            n_loops = 1 if name in ("b_load", "beta_load") else 2
+            _spread(sch, sch.get_loops(name)[-n_loops:], nw)
+    for buf, name in aligned.items():
+        if _has(sch, name) and sch.get(sch.get_sblock(name)).writes[0].source.name == buf:
+            sch.storage_align(sch.get_sblock(name), 0, axis=-2, factor=32, offset=8)
+
+
+def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule the split form's prep kernel (delta rules): one CTA per (chunk, head); K Kᵀ, Tm (β eᵇ K)
+    and Tm (β V) on tensor cores, the triangular solve one column per thread in registers."""
+    ci, h = sch.get_loops("tile")
+    sch.bind(ci, "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    operands = {"A_gemm": ("Ka_s", "K_s", True), "W_gemm": ("Tl_s", "Kb_s", False),
+                "U_gemm": ("Tl_s", "Vb_s", False)}
+    gemms = {name: (_tc_tiles(sch, name), ops) for name, ops in operands.items()}
+    nw = _warps(sch, gemms, variant, tunable)
+    _split_common(sch, dtype, gemms, nw,
+                  ("Ka_load", "K_load", "b_load", "beta_load", "Kb_load", "Vb_load", "W_store", "U_store"),
+                  {"Ka_s": "Ka_load", "K_s": "K_load", "Kb_s": "Kb_load", "Vb_s": "Vb_load", "Tl_s": "T_cast"})
+    _spread(sch, sch.get_loops("L_mask")[-3:-1], nw)
+    _spread(sch, sch.get_loops("T_solve")[-3:-2], nw)  # one column m per thread (see apply_cuda_chunk)
+    i, j = sch.get_loops("T_cast")[-2:]
+    sch.reorder(j, i)
+    _spread(sch, [j], nw)
+
+
+def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule the split form's state kernel: one CTA per (sequence, head, value tile[, key tile]) walks
+    the chunks; W S and the update (K ⊙ decay)ᵀ V on tensor cores, the fp32 state in shared memory."""
+    n, h, jv, jk = sch.get_loops("tile")
+    sch.bind(sch.fuse(jv, jk), "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    sch.bind(n, "blockIdx.z")
+    operands = {"WS_gemm": ("W_s", "Y_s", False), "Sa_gemm": ("Kt_s", "U_s", False)}
+    gemms = {name: (_tc_tiles(sch, name), ops) for name, ops in operands.items() if _has(sch, name)}
+    nw = _warps(sch, gemms, variant, tunable)
+    _split_common(sch, dtype, gemms, nw,
+                  ("S_init", "S_cast", "h_store", "b_load", "W_load", "U_store", "vn_store", "V_load", "K_decay",
+                   "ht_store"),
+                  {"Y_s": "S_cast", "W_s": "W_load", "U_s": "U_store", "Kt_s": "K_decay"})
+    if _has(sch, "V_load"):
+        sch.storage_align(sch.get_sblock("V_load"), 0, axis=-2, factor=32, offset=8)
+    _spread(sch, sch.get_loops("S_update")[-3:-1], nw)
+    unroll = sch.sample_categorical(list(UNROLL_CHOICES), [1 / len(UNROLL_CHOICES)] * len(UNROLL_CHOICES),
+                                    decision=None if tunable else UNROLL_CHOICES.index(variant.unroll))
+    sch.annotate(sch.get_loops("chunk")[0], "pragma_auto_unroll_max_step", unroll)
+
+
+def apply_cuda_chunk_output(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule the split form's output kernel: one CTA per (chunk, head, value tile); Q Kᵀ and
+    [eᵇQ | P] [h; V] on tensor cores."""
+    ci, h, jv = sch.get_loops("tile")
+    sch.bind(ci, "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    sch.bind(jv, "blockIdx.z")
+    operands = {"A_gemm": ("Q_s", "K_s", True), "O_gemm": ("X_s", "Y_s", False)}
+    gemms = {name: (_tc_tiles(sch, name), ops) for name, ops in operands.items()}
+    nw = _warps(sch, gemms, variant, tunable)
+    _split_common(sch, dtype, gemms, nw,
+                  ("Q_load", "K_load", "H_load", "V_load", "b_load", "Q_decay", "P_mask", "O_store"),
+                  {"Q_s": "Q_load", "K_s": "K_load", "Y_s": "H_load", "X_s": "Q_decay"})
+
+
+def apply_cuda_chunk_part(sch: Schedule, part: str, variant: LinearVariant, dtype: str, *,
+                          tunable: bool = False) -> None:
+    """Schedule one kernel of the split chunk form (``part``: prep | state | output; the tiles are in
+    the compute, built with ``variant``'s)."""
+    {"prep": apply_cuda_chunk_prep, "state": apply_cuda_chunk_state,
+     "output": apply_cuda_chunk_output}[part](sch, variant, dtype, tunable=tunable)
+
+
 def apply_cuda_recurrent(sch: Schedule, variant: LinearVariant) -> None:
     """Schedule a recurrent-form PrimFunc (built with ``variant.block_v``, state scope "local", vector
     scope "shared"): one thread per state column ``j``, tokens in order. The K-loops over the state
@@ -270,12 +377,16 @@ def apply_cuda_parallel(sch: Schedule, variant: LinearVariant, dtype: str, *, bl
         _spread_reduction(sch, "A_gated", 2, nw)
 
 
-def cuda_space(form: str, variant: LinearVariant, dtype: str, *, chunk: int = 0, key_dim: int = 0):
-    """MetaSchedule space function over one chunk- or parallel-form variant: the warp count
-    (``sample_perfect_tile``) and, for the chunk form, the unroll depth (``sample_categorical``)."""
+def cuda_space(form: str, variant: LinearVariant, dtype: str, *, chunk: int = 0, key_dim: int = 0,
+               part: str = ""):
+    """MetaSchedule space function over one chunk- or parallel-form variant (``part``: one kernel of the
+    split chunk form): the warp count (``sample_perfect_tile``) and, for the chunk form and the split
+    state kernel, the unroll depth of the chunk loop (``sample_categorical``)."""
 
     def space(sch: Schedule) -> None:
-        if form == "chunk":
+        if part:
+            apply_cuda_chunk_part(sch, part, variant, dtype, tunable=True)
+        elif form == "chunk":
             apply_cuda_chunk(sch, variant, dtype, chunk=chunk, key_dim=key_dim, tunable=True)
         else:
             apply_cuda_parallel(sch, variant, dtype, block_m=64, tunable=True)

@@ -46,3 +46,53 @@ def test_default_schedule_compiles_for_sm90a(spec: KernelSpec):
     assert len(re.findall(r"\bmma\.sync\.aligned\.m16n8k16", ptx)) >= 8
     cubin = _tvm.compile_cuda_source(src, "sm_90a", "cubin")
     assert cubin[:4] == b"\x7fELF"
+
+
+# ------------------------------------------------------------------------------------------------
+# linear attention: the split chunk form (prep, state and output kernels)
+# ------------------------------------------------------------------------------------------------
+
+LINEAR_SPLIT = [
+    ("simple_gla", "bfloat16", 128, False), ("simple_gla", "float16", 128, True),
+    ("linear_attention", "float16", 64, False), ("gated_delta_rule", "bfloat16", 128, False),
+    ("gated_delta_rule", "float16", 128, True), ("delta_rule", "bfloat16", 64, True),
+]
+
+
+@pytest.mark.parametrize("op,dtype,kd,varlen", LINEAR_SPLIT, ids=lambda c: str(c))
+def test_linear_split_chunk_kernels_compile_for_sm90a(op: str, dtype: str, kd: int, varlen: bool):
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_cuda
+    from tvm_attn.ops.linear.kinds import OP_KINDS
+
+    ab = "bf16" if dtype == "bfloat16" else "f16"
+    parts = ("prep", "state", "output") if OP_KINDS[op][1] == "delta" else ("state", "output")
+    for part in parts:
+        src = _tvm.cuda_source(build_cuda(LinearSpec(op, "chunk", kd, 128, dtype, varlen, 64, part), "sm_90a"))
+        # every matrix product on mma.sync fed by ldmatrix, fp32 accumulation
+        assert f"mma.sync.aligned.m16n8k16.row.col.f32.{ab}.{ab}.f32" in src, part
+        assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in src, part
+        cubin = _tvm.compile_cuda_source(src, "sm_90a", "cubin")
+        assert cubin[:4] == b"\x7fELF"
+
+
+def test_linear_split_state_design_space_samples_compile():
+    # the MetaSchedule space of the state kernel: sampled warp counts and unroll depths compile
+    from tvm_attn.ops.linear.build import LinearSpec, make_func
+    from tvm_attn.ops.linear.compute import Scopes
+    from tvm_attn.ops.linear.cuda import build_config
+    from tvm_attn.schedules.linear import DEFAULT_SPLIT_VARIANTS, cuda_space
+
+    variant = DEFAULT_SPLIT_VARIANTS["state"]
+    spec = LinearSpec("gated_delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state")
+    space = cuda_space("chunk", variant, "bfloat16", chunk=64, key_dim=128, part="state")
+    for seed in (1, 2):
+        func = make_func(spec, block_v=variant.block_v, op_dtype=None,
+                         scopes=Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", state="shared.dyn"))
+        sch = _tvm.Schedule(func, seed=seed)
+        space(sch)
+        kinds = [inst.kind.name for inst in sch.trace.insts]
+        assert "SamplePerfectTile" in kinds and "SampleCategorical" in kinds
+        src = _tvm.cuda_source(_tvm.compile_module(sch.mod, _tvm.cuda_target("sm_90a"), build_config()))
+        assert "mma.sync.aligned.m16n8k16" in src
+        assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"

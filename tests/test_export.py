@@ -249,3 +249,33 @@ def test_converters_are_restored():
             assert "FlashFwd" in frontend._get_convert_map()
             raise RuntimeError("inside")
     assert frontend._get_convert_map is original and "FlashFwd" not in original()
+
+
+def test_rms_norm_float16_computes_in_float32(tmp_path: Path):
+    """The example's RMSNorm in fp16 runs its mean of squares in fp32 (as torch's reduction accumulates):
+    rows whose sum of squares passes the fp16 maximum (65504) stay finite and right through ONNX -> TVM."""
+    norm = examples.RMSNorm(256).half().eval()
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, 256))
+    seq = torch.export.Dim("seq")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 8, 256, generator=g).half()
+    path = tmp_path / "rms.onnx"
+    proto = to_onnx(norm, (x,), path, dynamic_shapes=({1: seq},))
+    # fp32 inside the graph: an RMSNormalization computing in fp32, or explicit casts around the mean
+    ops = {n.op_type: n for n in proto.graph.node}
+    if "RMSNormalization" in ops:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in ops["RMSNormalization"].attribute}
+        assert attrs.get("stash_type", 1) == 1
+    else:
+        assert "Cast" in ops, sorted(ops)
+    tvm_model = from_onnx(path)
+    # RMS 1 and RMS 40 (sum of squares ~4e5: inf in fp16)
+    for scale in (1.0, 40.0):
+        x = (torch.randn(1, 13, 256, generator=g) * scale).half()
+        with torch.no_grad():
+            want = norm(x).float()
+        got = tvm_model(x).float()
+        assert torch.isfinite(got).all(), f"scale {scale}: non-finite TVM output"
+        rel = float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want))
+        assert rel <= 1e-2, f"scale {scale}: rel err {rel:.2e}"

@@ -18,7 +18,7 @@ import tvm_attn
 from tvm_attn.ops.linear import FORMS_OF, make_inputs
 from tvm_attn.ops.linear.kinds import OP_KINDS
 from tvm_attn.ops.linear.reference import REFERENCES, simple_gla_ref
-from tvm_attn.ops.linear.torch_ops import run_kernel
+from tvm_attn.ops.linear.torch_ops import SPLIT_OPS, run_chunk_split, run_kernel
 
 from conftest import LOW_DTYPES, assert_fa_rule, requires_cuda
 
@@ -47,15 +47,21 @@ def reference(op: str, inp: dict, *, initial_state, upcast: bool = True, mini_ba
     return REFERENCES[op](**inp, **kw, initial_state=initial_state, output_final_state=True, upcast=upcast)
 
 
-def poisoned(op: str, form: str, inp: dict, *, initial_state, chunk: int):
-    """The compiled kernel called directly, its output and final state filled with NaN beforehand."""
+def poisoned(op: str, form: str, inp: dict, *, initial_state, chunk: int, split: bool = False):
+    """The compiled kernel called directly, its output and final state filled with NaN beforehand
+    (``split``: the chunk form's split kernels, whatever the device)."""
     q, v = inp["q"], inp["v"]
     cu = inp.get("cu_seqlens")
     n = cu.shape[0] - 1 if cu is not None else q.shape[0]
     out = torch.full(v.shape, float("nan"), dtype=q.dtype, device=q.device)
     final = torch.full((n, q.shape[2], q.shape[3], v.shape[3]), float("nan"), device=q.device)
-    o, ht = run_kernel(op, inp["q"], inp["k"], v, *extras(op, inp), initial_state, cu, form,
-                       1.0 / math.sqrt(q.shape[-1]), chunk, out=out, final_state=None if form == "parallel" else final)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if split:
+        o, ht = run_chunk_split(op, inp["q"], inp["k"], v, *extras(op, inp), initial_state, cu, scale, chunk,
+                                out=out, final_state=final)
+    else:
+        o, ht = run_kernel(op, inp["q"], inp["k"], v, *extras(op, inp), initial_state, cu, form, scale, chunk,
+                           out=out, final_state=None if form == "parallel" else final)
     assert o.data_ptr() == out.data_ptr()
     return o, (None if form == "parallel" else final)
 
@@ -77,9 +83,9 @@ def assert_fp32(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
     assert err <= bound, f"{name}: max error {err:.3e} > {bound:.3e}"
 
 
-def check(name: str, op: str, form: str, inp: dict, *, chunk: int, dtype: str) -> None:
+def check(name: str, op: str, form: str, inp: dict, *, chunk: int, dtype: str, split: bool = False) -> None:
     h0 = state_for(inp, form)
-    o, ht = poisoned(op, form, inp, initial_state=h0, chunk=chunk)
+    o, ht = poisoned(op, form, inp, initial_state=h0, chunk=chunk, split=split)
     mb = chunk if op == "ttt_linear" else MINI_BATCH
     ref, ref_ht = reference(op, inp, initial_state=h0, mini_batch=mb)
     assert o.dtype == LOW_DTYPES[dtype]
@@ -134,6 +140,48 @@ def test_varlen_uneven(op: str, form: str):
     for dtype in ("float32", "bfloat16") if form == "chunk" else ("float32",):
         inp = make_inputs(op, shape(seqlens=lens), dtype, "cpu", seed=5)
         check(f"{op} {form} varlen {dtype}", op, form, inp, chunk=chunk_of(op), dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# the split chunk form (the CUDA chunk path: prep, state and output kernels) built for the CPU
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", SPLIT_OPS)
+def test_split_chunk_against_reference(op: str):
+    # every length against the reference, from a random initial state, outputs and states NaN-poisoned;
+    # uneven varlen (a one-token and an empty sequence) in fp32 and from bf16 inputs
+    cases = [(shape(t, b=1 if t == 1000 else 2), "float32") for t in LENGTHS]
+    cases += [(shape(seqlens=[37, 200, 1, 0, 129, 64]), dtype) for dtype in ("float32", "bfloat16")]
+    for s, dtype in cases:
+        inp = make_inputs(op, s, dtype, "cpu", seed=17)
+        check(f"split {op} {s} {dtype}", op, "chunk", inp, chunk=64, dtype=dtype, split=True)
+
+
+@pytest.mark.parametrize("op", ["simple_gla", "gated_delta_rule"])
+def test_split_chunk_sizes(op: str):
+    inp = make_inputs(op, shape(seqlens=[100, 17, 33]), "float32", "cpu", seed=18)
+    for c in (16, 128):
+        check(f"split {op} chunk={c}", op, "chunk", inp, chunk=c, dtype="float32", split=True)
+
+
+def test_split_chunk_layout_and_cumsum():
+    from tvm_attn.ops.linear.torch_ops import _chunk_layout, _chunk_local_cumsum
+
+    cu = torch.tensor([0, 5, 5, 21, 22], dtype=torch.int32)
+    n_chunks, offsets, indices = _chunk_layout(cu, 1, 22, 8)
+    assert n_chunks == 4 and offsets.tolist() == [0, 1, 1, 3, 4]
+    assert indices.tolist() == [[0, 0], [2, 0], [2, 1], [3, 0]]
+    assert _chunk_layout(None, 3, 17, 8)[0] == 9
+    g = -torch.rand(1, 22, 2)
+    gc = _chunk_local_cumsum(g, cu, 8)
+    for s, e in zip(cu.tolist(), cu.tolist()[1:]):
+        for c0 in range(s, e, 8):
+            c1 = min(c0 + 8, e)
+            torch.testing.assert_close(gc[:, c0:c1], g[:, c0:c1].cumsum(1), rtol=1e-6, atol=1e-6)
+    gd = -torch.rand(2, 19, 3)
+    gcd = _chunk_local_cumsum(gd, None, 8)
+    for c0 in range(0, 19, 8):
+        torch.testing.assert_close(gcd[:, c0:c0 + 8], gd[:, c0:c0 + 8].cumsum(1), rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,11 +393,10 @@ def test_registry_entries():
 # CUDA: code generation for sm_90a (no GPU needed), numerics on a GPU
 # ------------------------------------------------------------------------------------------------
 
+# the single-kernel chunk form serves gla and ttt_linear on CUDA; the split chunk kernels of the other
+# ops are compiled in tests/test_cuda_codegen.py
 CODEGEN = [
-    ("simple_gla", "chunk", "float16", 128, 64), ("simple_gla", "chunk", "bfloat16", 64, 32),
-    ("gla", "chunk", "bfloat16", 128, 64), ("gated_delta_rule", "chunk", "float16", 128, 64),
-    ("gated_delta_rule", "chunk", "bfloat16", 64, 64), ("delta_rule", "chunk", "bfloat16", 128, 32),
-    ("linear_attention", "chunk", "float16", 64, 128), ("ttt_linear", "chunk", "float16", 128, 16),
+    ("gla", "chunk", "bfloat16", 128, 64), ("ttt_linear", "chunk", "float16", 128, 16),
     ("simple_gla", "parallel", "bfloat16", 128, 0), ("gla", "parallel", "float16", 64, 0),
     ("gated_delta_rule", "recurrent", "bfloat16", 128, 0), ("ttt_linear", "recurrent", "float16", 64, 16),
     ("gla", "recurrent", "float16", 128, 0),
@@ -405,7 +452,7 @@ def test_cuda_chunk_over_shared_memory_is_refused():
     from tvm_attn.ops.linear.cuda import build_cuda
 
     with pytest.raises(ValueError, match=r"chunk_size=128\) needs \d+ bytes of shared memory"):
-        build_cuda(LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 128), "sm_90a")
+        build_cuda(LinearSpec("gla", "chunk", 128, 128, "float16", False, 128), "sm_90a")
 
 
 @requires_cuda
@@ -420,3 +467,107 @@ def test_cuda_against_reference(op: str, form: str):
                 inp = make_inputs(op, s2, dtype, "cuda", seed=16)
                 check(f"cuda {op} {form} {dtype} {s2}", op, form, inp, chunk=chunk_of(op), dtype=dtype)
 
+
+
+def _smem_overlaps(pre, post) -> list[str]:
+    """Dynamic shared-memory buffers that share bytes while both live (touched in overlapping top-level
+    statements of the kernel), from the IR before and after MergeSharedMemoryAllocations: offsets from
+    every access's index shift, liveness at the planner's own granularity."""
+    import tvm
+    import tvm_ffi
+    from tvm import tirx
+    from tvm.sym.analyzer import Analyzer
+
+    def main(mod):
+        return max((f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)), key=lambda f: len(f.script()))
+
+    def walk(node, fn):
+        tvm_ffi.structural_walk(node, [(object, fn)], order="pre")
+
+    def accesses(node):
+        out = []
+
+        def visit(n):
+            if type(n).__name__ in ("BufferLoad", "TensorLoad", "BufferStore"):
+                out.append((hash(n.buffer if hasattr(n, "buffer") else n.source), n.indices[0]))
+            elif isinstance(n, tvm.ir.expr.Call) and n.op.name.endswith("tvm_access_ptr"):
+                out.append((hash(n.args[1]), n.args[2]))
+        walk(node, visit)
+        return out
+
+    def top_level(stmt):
+        if isinstance(stmt, tirx.AttrStmt):
+            yield from top_level(stmt.body)
+        elif isinstance(stmt, tirx.SeqStmt):
+            for s in stmt.seq:
+                yield from top_level(s)
+        else:
+            yield stmt
+
+    pre_f, post_f = main(pre), main(post)
+    allocs = {}
+    walk(pre_f.body, lambda n: allocs.__setitem__(hash(n.buffer), n.buffer)
+         if isinstance(n, tirx.AllocBuffer) and n.buffer.scope() == "shared.dyn" else None)
+    a, b = accesses(pre_f.body), accesses(post_f.body)
+    assert len(a) == len(b)
+    ana, offset = Analyzer(), {}
+    for (va, ia), (_, ib) in zip(a, b):
+        if va in allocs:
+            offset.setdefault(va, int(ana.simplify(ib - ia)))
+    live = {}
+    for i, s in enumerate(top_level(pre_f.body)):
+        if isinstance(s, tirx.AllocBuffer):
+            continue
+        used = set()
+        walk(s, lambda n: used.add(hash(n)) if isinstance(n, tvm.ir.expr.Var) else None)
+        for v in used & set(allocs):
+            lo, hi = live.get(v, (i, i))
+            live[v] = (min(lo, i), max(hi, i))
+
+    def span(v):
+        e = tvm.DataType(allocs[v].dtype).bits // 8
+        return offset[v] * e, (offset[v] + int(allocs[v].shape[0])) * e
+
+    bad, vs = [], sorted(live, key=live.get)
+    for x, p in enumerate(vs):
+        for q in vs[x + 1:]:
+            (p0, p1), (q0, q1) = span(p), span(q)
+            if live[p][1] >= live[q][0] and live[q][1] >= live[p][0] and p0 < q1 and q0 < p1:
+                bad.append(f"{allocs[p].name} [{p0}, {p1}) overlaps {allocs[q].name} [{q0}, {q1}) while both live")
+    return bad
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("op", SPLIT_OPS)
+def test_cuda_split_shared_memory_plan(op: str):
+    # TVM 0.27's shared-memory planner re-lays out reused buffers when it coalesces freed blocks; it once
+    # put the prep kernel's K Kᵀ on β K and its Tm on β V (delta rules wrong on a GPU, right on the CPU).
+    # No GPU needed: every split kernel's merged plan must keep live buffers apart.
+    import tvm
+
+    from tvm_attn import _tvm
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_config, cuda_schedule
+
+    cap = {}
+
+    @tvm.instrument.pass_instrument
+    class _Capture:
+        def run_before_pass(self, mod, info):
+            if info.name.endswith("MergeSharedMemoryAllocations"):
+                cap["pre"] = mod
+
+        def run_after_pass(self, mod, info):
+            if info.name.endswith("MergeSharedMemoryAllocations"):
+                cap["post"] = mod
+
+    _tvm.import_tensor_intrin()
+    _tvm._patch_lower_warp_memory()
+    parts = ("prep", "state", "output") if OP_KINDS[op][1] == "delta" else ("state", "output")
+    for part in parts:
+        for kd, vd, c, dtype in ((128, 128, 64, "float16"), (64, 128, 32, "bfloat16"), (32, 64, 64, "float16"),
+                                 (64, 64, 16, "float16")):
+            spec = LinearSpec(op, "chunk", kd, vd, dtype, False, c, part)
+            with tvm.transform.PassContext(opt_level=3, config=build_config(), instruments=[_Capture()]):
+                tvm.compile(cuda_schedule(spec).mod, target=_tvm.cuda_target("sm_90a"))
+            assert not _smem_overlaps(cap["pre"], cap["post"]), (spec.key, _smem_overlaps(cap["pre"], cap["post"]))

@@ -1,4 +1,4 @@
-"""The ``tvm-attn`` command: demo, bench, tune, list, show, export, run-onnx."""
+"""The ``tvm-attn`` command: demo, bench, bench-onnx, tune, list, show, export, run-onnx."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _bench_onnx(args: argparse.Namespace) -> int:
+    from tvm_attn.bench import onnx_block
+
+    return onnx_block.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tvm-attn", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -37,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="results folder (JSON + markdown + PNG under <out>/<gpu-key>/)")
     b.add_argument("--update-readme", action="store_true", help="regenerate the README's performance section")
     b.set_defaults(func=_bench)
+    o = sub.add_parser("bench-onnx", help="export an example block to ONNX, compile it back through TVM, check it "
+                       "against torch and time it against torch eager and onnxruntime (JSON + markdown)")
+    o.add_argument("--example", default="llama-block", choices=("llama-block",), help="example model to export")
+    o.add_argument("--target", default=None, choices=("cuda", "llvm"),
+                   help="TVM target; cuda runs on GPU 0 (default: cuda when a GPU is present, else llvm)")
+    o.add_argument("--batch", default=None, help="comma list of batch sizes (default: cuda 1,4; llvm 2)")
+    o.add_argument("--seq", type=int, default=None, help="sequence length (default: cuda 2048; llvm 64)")
+    o.add_argument("--dtype", default=None, choices=("float16", "bfloat16", "float32"),
+                   help="model dtype (default: cuda float16; llvm float32)")
+    o.add_argument("--out", default=None, help="results folder: cuda writes <out>/<gpu-key>/onnx-<stamp>.json/.md "
+                   "(default bench/results); llvm writes <out>/onnx-<stamp>.json/.md (nothing without --out)")
+    o.set_defaults(func=_bench_onnx)
     for mod in _COMMAND_MODULES:
         importlib.import_module(mod).add_commands(sub)
     return p

@@ -24,12 +24,14 @@ class LinearSpec:
     dtype: str  # float16 | bfloat16 | float32
     varlen: bool
     chunk: int = 0  # chunk size (chunk form), mini-batch size (ttt), 0 otherwise
+    part: str = ""  # one kernel of the split chunk form (split.PARTS), "" for the whole form in one kernel
 
     @property
     def key(self) -> str:
         """Readable specialisation name (cache key, tuning-record directory)."""
         c = f"_c{self.chunk}" if self.chunk else ""
-        return (f"linear_{self.op}_{self.form}_k{self.key_dim}_v{self.value_dim}_{self.dtype}{c}_"
+        part = f"_{self.part}" if self.part else ""
+        return (f"linear_{self.op}_{self.form}{part}_k{self.key_dim}_v{self.value_dim}_{self.dtype}{c}_"
                 f"{'varlen' if self.varlen else 'dense'}")
 
     @property
@@ -43,11 +45,20 @@ class LinearSpec:
 CPU_PARALLEL_BLOCK = 64
 
 
-def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes):
-    """The unscheduled PrimFunc of ``spec``."""
+def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, block_k: int | None = None):
+    """The unscheduled PrimFunc of ``spec`` (``block_k``: the key tile of a split state kernel)."""
     from . import compute
 
     st = spec.static
+    if spec.part:
+        from . import split
+
+        kw = {"chunk_size": spec.chunk, "op_dtype": op_dtype, "smem": scopes.tile, "acc": scopes.acc}
+        if spec.part == "prep":
+            return split.prep(st, **kw, solve=scopes.solve)
+        if spec.part == "state":
+            return split.state(st, **kw, block_v=block_v, block_k=block_k, state_scope=scopes.state)
+        return split.output(st, **kw, block_v=block_v)
     if spec.form == "recurrent":
         return compute.recurrent(st, block_v=block_v, mini_batch=max(spec.chunk, 1), scopes=scopes)
     if spec.form == "chunk":

@@ -1,5 +1,6 @@
 """CUDA builds of the linear-attention kernels: the chunk and parallel forms on tensor cores
-(``schedules/linear.py``), the recurrent form on CUDA cores.
+(``schedules/linear.py``), the recurrent form on CUDA cores. A spec with a ``part`` is one kernel of the
+split chunk form (``split.py``).
 
 Shared memory: every chunk buffer is planned by TVM's dynamic shared-memory merge pass
 (``tirx.merge_static_smem`` keeps StorageRewrite from folding an fp32 buffer onto an fp16 operand,
@@ -35,8 +36,17 @@ def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
                                       scopes=Scopes(state="local", vec="shared")))
         sched.apply_cuda_recurrent(sch, variant)
         return sch
-    variant = variant or sched.DEFAULT_CHUNK_VARIANT
     scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local")
+    if spec.part:
+        variant = variant or sched.DEFAULT_SPLIT_VARIANTS[spec.part]
+        # the fp32 state in shared memory: a "local" state is not compacted to the elements a thread owns
+        # (the spread loops fuse (k, j)), so it would live in local memory
+        scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", state="shared.dyn")
+        sch = _tvm.Schedule(make_func(spec, block_v=min(variant.block_v, spec.value_dim), op_dtype=None, scopes=scopes,
+                                      block_k=split_block_k(spec, variant)))
+        sched.apply_cuda_chunk_part(sch, spec.part, variant, spec.dtype, tunable=tunable)
+        return sch
+    variant = variant or sched.DEFAULT_CHUNK_VARIANT
     if spec.form == "chunk":
         sch = _tvm.Schedule(make_func(spec, block_v=variant.block_v, op_dtype=None, scopes=scopes))
         sched.apply_cuda_chunk(sch, variant, spec.dtype, chunk=spec.chunk, key_dim=spec.key_dim, tunable=tunable)
@@ -47,6 +57,13 @@ def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
                                          scopes=scopes))
     sched.apply_cuda_parallel(sch, variant, spec.dtype, block_m=PARALLEL_BLOCK, tunable=tunable)
     return sch
+
+
+def split_block_k(spec: LinearSpec, variant) -> int | None:
+    """The key tile of a split state kernel: the variant's for the add rule, all K for the delta rule."""
+    if spec.part != "state" or spec.static.rule == "delta" or not variant.block_k:
+        return None
+    return min(variant.block_k, spec.key_dim)
 
 
 def build_cuda(spec: LinearSpec, arch: str = "sm_90a", variant=None):
@@ -65,5 +82,8 @@ def build_cuda(spec: LinearSpec, arch: str = "sm_90a", variant=None):
 def cuda_plan(spec: LinearSpec, arch: str) -> Plan:
     from ...schedules import linear as sched
 
-    variant = sched.DEFAULT_RECURRENT_VARIANT if spec.form == "recurrent" else sched.DEFAULT_CHUNK_VARIANT
+    if spec.part:
+        variant = sched.DEFAULT_SPLIT_VARIANTS[spec.part]
+    else:
+        variant = sched.DEFAULT_RECURRENT_VARIANT if spec.form == "recurrent" else sched.DEFAULT_CHUNK_VARIANT
     return Plan(f"default_{variant.key}", lambda: build_cuda(spec, arch, variant))

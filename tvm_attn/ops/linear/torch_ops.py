@@ -13,10 +13,15 @@ argument-checking functions are in ``api.py``; these ops assume checked inputs.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .build import LinearSpec, get
 from .kinds import OP_KINDS
+
+# ops whose CUDA chunk form runs as the split kernels of ``split.py`` (prep, state, output)
+SPLIT_OPS = ("linear_attention", "simple_gla", "delta_rule", "gated_delta_rule")
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -34,12 +39,86 @@ def _segment_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.T
     return (cs - before).contiguous()
 
 
+def _chunk_local_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    """Cumulative log decay from each chunk's first row (chunks of ``chunk`` rows counted from every
+    sequence's start), fp32 [B, T, H]."""
+    b, t, h = g.shape
+    if cu_seqlens is None:  # whole chunks of a padded copy: an exact fp32 sum per chunk
+        nt = math.ceil(t / chunk)
+        gp = torch.nn.functional.pad(g.float(), (0, 0, 0, nt * chunk - t))
+        return gp.view(b, nt, chunk, h).cumsum(2).view(b, nt * chunk, h)[:, :t].contiguous()
+    cs = g.double().cumsum(1)  # fp64: the chunk sums are differences of long prefix sums
+    pos = torch.arange(t, device=g.device)
+    bos = cu_seqlens[torch.searchsorted(cu_seqlens[1:], pos, right=True)].long()
+    start = bos + (pos - bos) // chunk * chunk
+    before = torch.cat([torch.zeros_like(cs[:, :1]), cs], 1)[:, start]  # cumsum up to start - 1
+    return (cs - before).float().contiguous()
+
+
+def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int):
+    """(chunks in all, chunk_offsets [N + 1], chunk_indices [chunks, 2] = (sequence, chunk of it)) of the
+    split kernels; the varlen index tensors are built from a host copy of ``cu_seqlens`` (one read)."""
+    if cu_seqlens is None:
+        return b * math.ceil(t / chunk), None, None
+    cu = cu_seqlens.tolist()
+    counts = [math.ceil((e - s) / chunk) for s, e in zip(cu, cu[1:])]
+    offsets = [0]
+    for c in counts:
+        offsets.append(offsets[-1] + c)
+    indices = [(n, c) for n, cnt in enumerate(counts) for c in range(cnt)]
+    dev = cu_seqlens.device
+    return (offsets[-1], torch.tensor(offsets, dtype=torch.int32, device=dev),
+            torch.tensor(indices, dtype=torch.int32, device=dev).view(-1, 2))
+
+
+def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
+                    beta: torch.Tensor | None, initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                    scale: float, chunk_size: int, *, out: torch.Tensor | None = None,
+                    final_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunk form of ``op`` (one of ``SPLIT_OPS``) as the kernels of ``split.py`` launched in
+    sequence: prep (delta rules), state, output. Scratch in the operand dtype (fp32 on the CPU):
+    per-chunk states h [chunks, H, K, V], and for the delta rules W, U and V' shaped like k / v."""
+    gate, rule = OP_KINDS[op]
+    b, t, h, kd = q.shape
+    vd = v.shape[-1]
+    dev = q.device
+    varlen = cu_seqlens is not None
+    n = cu_seqlens.shape[0] - 1 if varlen else b
+    sdt = torch.float32 if dev.type == "cpu" else q.dtype
+
+    def kern(part: str):
+        return get(LinearSpec(op, "chunk", kd, vd, _dtype_name(q), varlen, chunk_size, part), dev)
+
+    n_chunks, offsets, indices = _chunk_layout(cu_seqlens, b, t, chunk_size)
+    gc = [_chunk_local_cumsum(g, cu_seqlens, chunk_size)] if gate != "none" else []
+    seqs, offs, idx = ([cu_seqlens], [offsets], [indices]) if varlen else ([], [], [])
+    h0 = (torch.zeros((n, h, kd, vd), dtype=torch.float32, device=dev) if initial_state is None
+          else initial_state.float().contiguous())
+    ht = torch.empty((n, h, kd, vd), dtype=torch.float32, device=dev) if final_state is None else final_state
+    o = torch.empty(v.shape, dtype=q.dtype, device=dev) if out is None else out
+    hs = torch.empty((n_chunks, h, kd, vd), dtype=sdt, device=dev)
+    if rule == "delta":
+        w = torch.empty(k.shape, dtype=sdt, device=dev)
+        u = torch.empty(v.shape, dtype=sdt, device=dev)
+        vn = torch.empty(v.shape, dtype=sdt, device=dev)
+        kern("prep")(k, v, *gc, beta.float().contiguous(), *seqs, *idx, w, u)
+        kern("state")(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
+        kern("output")(q, k, vn, *gc, hs, *seqs, *idx, o, scale)
+    else:
+        kern("state")(k, v, *gc, h0, *seqs, *offs, hs, ht)
+        kern("output")(q, k, v, *gc, hs, *seqs, *idx, o, scale)
+    return o, ht
+
+
 def run_kernel(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                beta: torch.Tensor | None, initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
                form: str, scale: float, chunk_size: int, *, out: torch.Tensor | None = None,
                final_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Call the compiled kernel of ``op`` / ``form`` (destination-passing: ``out`` [B, T, H, V] and
     ``final_state`` [N, H, K, V] fp32 are allocated here unless given, e.g. NaN-filled by a test)."""
+    if form == "chunk" and op in SPLIT_OPS and q.device.type == "cuda":
+        return run_chunk_split(op, q, k, v, g, beta, initial_state, cu_seqlens, scale, chunk_size, out=out,
+                               final_state=final_state)
     gate, rule = OP_KINDS[op]
     b, t, h, kd = q.shape
     vd = v.shape[-1]

@@ -1,0 +1,464 @@
+"""The chunk form split into kernels launched in sequence (the structure of flash-linear-attention's
+chunk forward), for the scalar-gated and ungated ops: ``linear_attention``, ``simple_gla``,
+``delta_rule``, ``gated_delta_rule``.
+
+    prep    (delta rules) one tile per (chunk, head), all chunks in parallel:
+            Tm = (I + strict_tril(diag(β) (K Kᵀ) ⊙ Γ))⁻¹,  W = Tm (β eᵇ ⊙ K),  U = Tm (β ⊙ V)
+    state   one tile per (sequence, head, value tile[, key tile for the add rule]) walks the chunks in
+            order doing only the state recurrence; stores each chunk's incoming state h[c]:
+                add:    S' = e^{b_C} S + (K ⊙ e^{b_C − b})ᵀ V
+                delta:  V' = U − W S   (stored: the output kernel's values)
+                        S' = e^{b_C} S + (K ⊙ e^{b_C − b})ᵀ V'
+    output  one tile per (chunk, head, value tile), all in parallel:
+                O = scale · ([eᵇ ⊙ Q | (Q Kᵀ) ⊙ Γ] [h[c]; V or V'])
+
+``b`` is the chunk-local cumulative log decay (``gc``, fp32, computed by the caller: the sum of g from
+the chunk's first row to row i), ``b_C`` its value at the chunk's last row (rows past a sequence's end
+repeat the last valid row's value), Γ[i, j] = exp(b_i − b_j) for j ≤ i and 0 above. The math is the
+single-kernel chunk form's (``compute.chunk``), reassociated.
+
+Scratch (allocated by the caller, in the operand dtype ``odt``): ``w`` [B, T, H, K] and ``u``
+[B, T, H, V] (prep → state), ``vn`` [B, T, H, V] (V', state → output), ``h`` [NTt, H, K, V] (state →
+output; chunk c of sequence n is row ``n · ceil(T / C) + c`` when dense, ``chunk_offsets[n] + c`` when
+varlen). Varlen kernels walk a per-sequence chunk index space: ``chunk_offsets`` [N + 1] (state) and
+``chunk_indices`` [NTt, 2] = (sequence, chunk of the sequence) (prep, output), computed by the caller.
+
+Every row read is clamped into its own sequence (``bos + min(row, len − 1)``) and rows past the end
+are zeroed where they are operands, so scratch rows past a sequence's end are never read as data; no
+kernel writes past a sequence's end.
+"""
+from __future__ import annotations
+
+from ..._tvm import T, tirx
+from .compute import F32, LinearStatic, _axes, _keep_params
+
+PARTS = ("prep", "state", "output")
+
+
+def signature(st: LinearStatic, part: str) -> list[str]:
+    """Argument names of ``part``'s kernel, in order."""
+    gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
+    gc = ["gc"] if gated else []
+    if part == "prep":
+        return ["k", "v", *gc, "beta", *(["cu_seqlens", "chunk_indices"] if varlen else []), "w", "u"]
+    if part == "state":
+        return (["k", *(["w", "u"] if delta else ["v"]), *gc, "h0",
+                 *(["cu_seqlens", "chunk_offsets"] if varlen else []), "h", *(["vn"] if delta else []), "ht"])
+    return ["q", "k", "vn" if delta else "v", *gc, "h",
+            *(["cu_seqlens", "chunk_indices"] if varlen else []), "o", "scale"]
+
+
+def _check(st: LinearStatic) -> None:
+    assert st.gate in ("none", "scalar") and st.rule in ("add", "delta"), f"no split chunk form for {st.op}"
+
+
+def _chunk_grid(st: LinearStatic, C: int, QB, Tv, NTt):
+    """Extent of the parallel chunk axis: every chunk of every sequence."""
+    return NTt if st.varlen else QB * T.ceildiv(Tv, C)
+
+
+# ------------------------------------------------------------------------------------------------
+# prep (delta rules): W and U of every chunk, in parallel
+# ------------------------------------------------------------------------------------------------
+
+def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem: str = "global",
+         acc: str = "global", solve: str = "global"):
+    """Build the PrimFunc ``main`` of the delta rules' per-chunk preparation (W, U)."""
+    _check(st)
+    assert st.rule == "delta"
+    K, V, C, dt = st.key_dim, st.value_dim, chunk_size, st.dtype
+    odt = op_dtype or dt
+    gated, varlen = st.gate != "none", st.varlen
+    QB, NS, Tv, Hv, NCv = _axes(st)
+    NTt = tirx.Var("NTt", "int32")
+    zero = tirx.const(0.0, F32)
+    one = tirx.const(1.0, F32)
+
+    def ediff(b_s, i, j):
+        return T.exp(b_s[i] - b_s[j]) if gated else one
+
+    def edec(b_s, i):
+        return T.exp(b_s[i]) if gated else one
+
+    @T.macro
+    def body(k, v, gc, beta, w, u, bsel, vh, vc, bos, seq_len):
+        Ka_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K, the A operand of K Kᵀ
+        K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K, the B operand
+        Kb_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # β eᵇ ⊙ K
+        Vb_s = T.sblock_alloc_buffer((C, V), odt, scope=smem)  # β ⊙ V
+        Tl_s = T.sblock_alloc_buffer((C, C), odt, scope=smem)
+        A_s = T.sblock_alloc_buffer((C, C), F32, scope=acc)  # K Kᵀ, then L in place
+        Tm_s = T.sblock_alloc_buffer((C, C), F32, scope=solve)
+        W_s = T.sblock_alloc_buffer((C, K), F32, scope=acc)
+        U_s = T.sblock_alloc_buffer((C, V), F32, scope=acc)
+        b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
+        beta_s = T.sblock_alloc_buffer((C,), F32, scope=acc)
+        for i, kk in T.grid(C, K):
+            with T.sblock("Ka_load"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                Ka_s[vi, vk] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
+                                                    k[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk], T.Cast(dt, zero)))
+        for i, kk in T.grid(C, K):
+            with T.sblock("K_load"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                K_s[vi, vk] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
+                                                   k[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk], T.Cast(dt, zero)))
+        if gated:
+            for i in T.serial(C):
+                with T.sblock("b_load"):
+                    vi = T.axis.remap("S", [i])
+                    b_s[vi] = gc[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh]
+        for i in T.serial(C):
+            with T.sblock("beta_load"):
+                vi = T.axis.remap("S", [i])
+                beta_s[vi] = T.Select(vc * C + vi < seq_len, beta[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh], zero)
+        with T.sblock("A_scope"):
+            for i, j, kk in T.grid(C, C, K):
+                with T.sblock("A_gemm"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                    with T.init():
+                        A_s[vi, vj] = zero
+                    A_s[vi, vj] = A_s[vi, vj] + T.Cast(F32, Ka_s[vi, vk]) * T.Cast(F32, K_s[vj, vk])
+        with T.sblock("L_scope"):
+            for i, j, r in T.grid(C, C, 1):
+                with T.sblock("L_mask"):  # L over K Kᵀ in place, as an extent-1 reduction (bindable)
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    with T.init():
+                        A_s[vi, vj] = T.Select(vj < vi, beta_s[vi] * A_s[vi, vj] * ediff(b_s, vi, vj), zero)
+                    A_s[vi, vj] = A_s[vi, vj]
+        for m, i, l in T.grid(C, C, C):
+            with T.sblock("T_solve"):  # Tm = (I + L)⁻¹, column m by forward substitution over rows i
+                vi, vm, vl = T.axis.remap("SSR", [i, m, l])
+                T.reads(A_s[vi, 0:C], Tm_s[0:C, vm])
+                T.writes(Tm_s[vi, vm])
+                with T.init():
+                    Tm_s[vi, vm] = T.Select(vi == vm, one, zero)
+                Tm_s[vi, vm] = Tm_s[vi, vm] - T.Select(vl < vi, A_s[vi, vl] * Tm_s[vl, vm], zero)
+        for i, j in T.grid(C, C):
+            with T.sblock("T_cast"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                Tl_s[vi, vj] = T.Cast(odt, Tm_s[vi, vj])
+        for i, kk in T.grid(C, K):
+            with T.sblock("Kb_load"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                Kb_s[vi, vk] = T.Cast(odt, beta_s[vi] * edec(b_s, vi) * T.Cast(
+                    F32, k[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk]))
+        for i, j in T.grid(C, V):
+            with T.sblock("Vb_load"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                Vb_s[vi, vj] = T.Cast(odt, beta_s[vi] * T.Cast(F32, v[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vj]))
+        with T.sblock("W_scope"):
+            for i, j, l in T.grid(C, K, C):
+                with T.sblock("W_gemm"):
+                    vi, vj, vl = T.axis.remap("SSR", [i, j, l])
+                    with T.init():
+                        W_s[vi, vj] = zero
+                    W_s[vi, vj] = W_s[vi, vj] + T.Cast(F32, Tl_s[vi, vl]) * T.Cast(F32, Kb_s[vl, vj])
+        with T.sblock("U_scope"):
+            for i, j, l in T.grid(C, V, C):
+                with T.sblock("U_gemm"):
+                    vi, vj, vl = T.axis.remap("SSR", [i, j, l])
+                    with T.init():
+                        U_s[vi, vj] = zero
+                    U_s[vi, vj] = U_s[vi, vj] + T.Cast(F32, Tl_s[vi, vl]) * T.Cast(F32, Vb_s[vl, vj])
+        for i, kk in T.grid(C, K):
+            with T.sblock("W_store"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                if vc * C + vi < seq_len:
+                    w[bsel, bos + vc * C + vi, vh, vk] = T.Cast(odt, W_s[vi, vk])
+        for i, j in T.grid(C, V):
+            with T.sblock("U_store"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                if vc * C + vi < seq_len:
+                    u[bsel, bos + vc * C + vi, vh, vj] = T.Cast(odt, U_s[vi, vj])
+        with T.sblock("keep_alive"):
+            # reads every chunk buffer last, so none is freed early: TVM 0.27's dynamic shared-memory
+            # planner (MergeSharedMemoryAllocations) re-lays out a reused buffer when it later coalesces
+            # freed blocks, which put A_s (K Kᵀ) on β eᵇ K and Tl_s on β V while both were live (W = 0,
+            # U = Tl on CUDA). Tl_s is dead here; the write only keeps the read from being removed.
+            Tl_s[0, 0] = T.Cast(odt, T.Cast(F32, Ka_s[0, 0]) + T.Cast(F32, K_s[0, 0]) + T.Cast(F32, Kb_s[0, 0])
+                                + T.Cast(F32, Vb_s[0, 0]) + A_s[0, 0] + W_s[0, 0] + U_s[0, 0] + beta_s[0] + (b_s[0] if gated else zero))
+
+    @T.prim_func(s_tir=True)
+    def main(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
+             gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), beta: T.Buffer((QB, Tv, Hv), F32),
+             cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
+             chunk_indices: T.Buffer((NTt, 2) if varlen else (1, 2), "int32"),
+             w: T.Buffer((QB, Tv, Hv, K), odt), u: T.Buffer((QB, Tv, Hv, V), odt)):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for ci, h in T.grid(_chunk_grid(st, C, QB, Tv, NTt), Hv):
+            with T.sblock("tile"):
+                vci, vh = T.axis.remap("SS", [ci, h])
+                T.reads(*([k[0:QB, 0:Tv, vh, 0:K], v[0:QB, 0:Tv, vh, 0:V], beta[0:QB, 0:Tv, vh]]
+                          + ([gc[0:QB, 0:Tv, vh]] if gated else [])
+                          + ([cu_seqlens[0:NCv], chunk_indices[vci, 0:2]] if varlen else [])))
+                T.writes(w[0:QB, 0:Tv, vh, 0:K], u[0:QB, 0:Tv, vh, 0:V])
+                if varlen:
+                    seq: T.let = chunk_indices[vci, 0]
+                    bos: T.let = cu_seqlens[seq]
+                    body(k, v, gc, beta, w, u, 0, vh, chunk_indices[vci, 1], bos, cu_seqlens[seq + 1] - bos)
+                else:
+                    nt: T.let = T.ceildiv(Tv, C)
+                    body(k, v, gc, beta, w, u, vci // nt, vh, vci % nt, 0, Tv)
+
+    return _keep_params(main, signature(st, "prep"))
+
+
+# ------------------------------------------------------------------------------------------------
+# state: the chunk recurrence only, per (sequence, head, value tile[, key tile])
+# ------------------------------------------------------------------------------------------------
+
+def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | None = None,
+          op_dtype: str | None = None, smem: str = "global", acc: str = "global", state_scope: str = "global"):
+    """Build the PrimFunc ``main`` of the state pass. ``block_k`` (add rule only) tiles the state's rows:
+    its rows never mix there, so key tiles are independent. ``state_scope``: the fp32 state's scope."""
+    _check(st)
+    K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
+    BK = block_k or K
+    odt = op_dtype or dt
+    gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
+    assert V % BV == 0 and K % BK == 0 and (BK == K or not delta)
+    QB, NS, Tv, Hv, NCv = _axes(st)
+    NTt = tirx.Var("NTt", "int32")
+    zero = tirx.const(0.0, F32)
+    one = tirx.const(1.0, F32)
+
+    @T.macro
+    def seq(k, v, w, u, gc, h0, h, vn, ht, bsel, vn_, vh, vv, vk0, bos, seq_len, cbase):
+        S = T.sblock_alloc_buffer((BK, BV), F32, scope=state_scope)  # the state's (key tile, value tile)
+        for kk, j in T.grid(BK, BV):
+            with T.sblock("S_init"):
+                vk, vj = T.axis.remap("SS", [kk, j])
+                S[vk, vj] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
+        for c in T.serial(T.ceildiv(seq_len, C)):
+            with T.sblock("chunk"):
+                vc = T.axis.remap("S", [c])
+                Y_s = T.sblock_alloc_buffer((K, BV) if delta else (1, 1), odt, scope=smem)  # S in odt
+                W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
+                U_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)  # V (add) or V' (delta)
+                Kt_s = T.sblock_alloc_buffer((BK, C), odt, scope=smem)  # (K ⊙ e^{b_C − b})ᵀ
+                WS_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)
+                Sa_s = T.sblock_alloc_buffer((BK, BV), F32, scope=acc)
+                b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
+                if delta:
+                    for kk, j in T.grid(K, BV):
+                        with T.sblock("S_cast"):
+                            vk, vj = T.axis.remap("SS", [kk, j])
+                            Y_s[vk, vj] = T.Cast(odt, S[vk, vj])
+                    for kk, j in T.grid(K, BV):
+                        with T.sblock("h_store"):
+                            vk, vj = T.axis.remap("SS", [kk, j])
+                            h[cbase + vc, vh, vk, vv * BV + vj] = Y_s[vk, vj]
+                else:
+                    for kk, j in T.grid(BK, BV):
+                        with T.sblock("h_store"):
+                            vk, vj = T.axis.remap("SS", [kk, j])
+                            h[cbase + vc, vh, vk0 * BK + vk, vv * BV + vj] = T.Cast(odt, S[vk, vj])
+                if gated:
+                    for i in T.serial(C):
+                        with T.sblock("b_load"):
+                            vi = T.axis.remap("S", [i])
+                            b_s[vi] = gc[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh]
+                if delta:
+                    for i, kk in T.grid(C, K):
+                        with T.sblock("W_load"):
+                            vi, vk = T.axis.remap("SS", [i, kk])
+                            W_s[vi, vk] = T.Select(vc * C + vi < seq_len, w[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk],
+                                                   T.Cast(odt, zero))
+                    with T.sblock("WS_scope"):
+                        for i, j, kk in T.grid(C, BV, K):
+                            with T.sblock("WS_gemm"):
+                                vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                                with T.init():
+                                    WS_s[vi, vj] = zero
+                                WS_s[vi, vj] = WS_s[vi, vj] + T.Cast(F32, W_s[vi, vk]) * T.Cast(F32, Y_s[vk, vj])
+                    for i, j in T.grid(C, BV):
+                        with T.sblock("U_store"):  # V' = U − W S; rows past the end are 0
+                            vi, vj = T.axis.remap("SS", [i, j])
+                            U_s[vi, vj] = T.Cast(odt, T.Select(
+                                vc * C + vi < seq_len,
+                                T.Cast(F32, u[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vv * BV + vj]) - WS_s[vi, vj],
+                                zero))
+                    for i, j in T.grid(C, BV):
+                        with T.sblock("vn_store"):
+                            vi, vj = T.axis.remap("SS", [i, j])
+                            if vc * C + vi < seq_len:
+                                vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = U_s[vi, vj]
+                else:
+                    for i, j in T.grid(C, BV):
+                        with T.sblock("V_load"):
+                            vi, vj = T.axis.remap("SS", [i, j])
+                            U_s[vi, vj] = T.Cast(odt, T.Select(
+                                vc * C + vi < seq_len, v[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vv * BV + vj],
+                                T.Cast(dt, zero)))
+                for j, kk in T.grid(C, BK):
+                    with T.sblock("K_decay"):  # key channels innermost: coalesced reads of k; the decay
+                        # from gc, not b_s (a shared read here would cost a barrier per iteration)
+                        vj, vk = T.axis.remap("SS", [j, kk])
+                        Kt_s[vk, vj] = T.Cast(odt, T.Select(
+                            vc * C + vj < seq_len,
+                            T.Cast(F32, k[bsel, bos + T.min(vc * C + vj, seq_len - 1), vh, vk0 * BK + vk])
+                            * (T.exp(gc[bsel, bos + T.min(vc * C + C - 1, seq_len - 1), vh]
+                                     - gc[bsel, bos + T.min(vc * C + vj, seq_len - 1), vh]) if gated else one), zero))
+                with T.sblock("Sa_scope"):
+                    for kk, j, l in T.grid(BK, BV, C):
+                        with T.sblock("Sa_gemm"):
+                            vk, vj, vl = T.axis.remap("SSR", [kk, j, l])
+                            with T.init():
+                                Sa_s[vk, vj] = zero
+                            Sa_s[vk, vj] = Sa_s[vk, vj] + T.Cast(F32, Kt_s[vk, vl]) * T.Cast(F32, U_s[vl, vj])
+                with T.sblock("S_update_scope"):
+                    for kk, j, r in T.grid(BK, BV, 1):
+                        with T.sblock("S_update"):  # in place, written as an extent-1 reduction (bindable)
+                            vk, vj, vr = T.axis.remap("SSR", [kk, j, r])
+                            with T.init():
+                                S[vk, vj] = S[vk, vj] * (T.exp(b_s[C - 1]) if gated else one) + Sa_s[vk, vj]
+                            S[vk, vj] = S[vk, vj]
+        for kk, j in T.grid(BK, BV):
+            with T.sblock("ht_store"):
+                vk, vj = T.axis.remap("SS", [kk, j])
+                ht[vn_, vh, vk0 * BK + vk, vv * BV + vj] = S[vk, vj]
+
+    @T.prim_func(s_tir=True)
+    def main(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
+             w: T.Buffer((QB, Tv, Hv, K) if delta else (1,), odt), u: T.Buffer((QB, Tv, Hv, V) if delta else (1,), odt),
+             gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), h0: T.Buffer((NS, Hv, K, V), F32),
+             cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
+             chunk_offsets: T.Buffer((NCv,) if varlen else (1,), "int32"),
+             h: T.Buffer((NTt, Hv, K, V), odt), vn: T.Buffer((QB, Tv, Hv, V) if delta else (1,), odt),
+             ht: T.Buffer((NS, Hv, K, V), F32)):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for n, hh, jv, jk in T.grid(NS, Hv, V // BV, K // BK):
+            with T.sblock("tile"):
+                vn_, vh, vv, vk0 = T.axis.remap("SSSS", [n, hh, jv, jk])
+                T.reads(*([k[0:QB, 0:Tv, vh, 0:K], h0[vn_, vh, 0:K, 0:V]]
+                          + ([w[0:QB, 0:Tv, vh, 0:K], u[0:QB, 0:Tv, vh, 0:V]] if delta else [v[0:QB, 0:Tv, vh, 0:V]])
+                          + ([gc[0:QB, 0:Tv, vh]] if gated else [])
+                          + ([cu_seqlens[0:NCv], chunk_offsets[0:NCv]] if varlen else [])))
+                T.writes(*([h[0:NTt, vh, 0:K, 0:V], ht[vn_, vh, 0:K, 0:V]]
+                           + ([vn[0:QB, 0:Tv, vh, 0:V]] if delta else [])))
+                if varlen:
+                    bos: T.let = cu_seqlens[vn_]
+                    seq(k, v, w, u, gc, h0, h, vn, ht, 0, vn_, vh, vv, vk0, bos, cu_seqlens[vn_ + 1] - bos,
+                        chunk_offsets[vn_])
+                else:
+                    seq(k, v, w, u, gc, h0, h, vn, ht, vn_, vn_, vh, vv, vk0, 0, Tv, vn_ * T.ceildiv(Tv, C))
+
+    return _keep_params(main, signature(st, "state"))
+
+
+# ------------------------------------------------------------------------------------------------
+# output: every (chunk, head, value tile) in parallel
+# ------------------------------------------------------------------------------------------------
+
+def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | None = None,
+           smem: str = "global", acc: str = "global"):
+    """Build the PrimFunc ``main`` of the output pass (values: ``v`` for the add rule, V' for delta)."""
+    _check(st)
+    K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
+    odt = op_dtype or dt
+    gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
+    assert V % BV == 0
+    QB, NS, Tv, Hv, NCv = _axes(st)
+    NTt = tirx.Var("NTt", "int32")
+    zero = tirx.const(0.0, F32)
+
+    @T.macro
+    def body(q, k, v, vn, gc, h, o, scale, bsel, vh, vv, vc, bos, seq_len, cidx):
+        Q_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
+        K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
+        X_s = T.sblock_alloc_buffer((C, K + C), odt, scope=smem)  # [eᵇ ⊙ Q | (Q Kᵀ) ⊙ Γ]
+        Y_s = T.sblock_alloc_buffer((K + C, BV), odt, scope=smem)  # [h[c]; V]
+        A_s = T.sblock_alloc_buffer((C, C), F32, scope=acc)
+        O_s = T.sblock_alloc_buffer((C, BV), F32, scope=acc)
+        b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
+        for i, kk in T.grid(C, K):
+            with T.sblock("Q_load"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                Q_s[vi, vk] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
+                                                   q[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk], T.Cast(dt, zero)))
+        for i, kk in T.grid(C, K):
+            with T.sblock("K_load"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                K_s[vi, vk] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
+                                                   k[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk], T.Cast(dt, zero)))
+        for kk, j in T.grid(K, BV):
+            with T.sblock("H_load"):
+                vk, vj = T.axis.remap("SS", [kk, j])
+                Y_s[vk, vj] = h[cidx, vh, vk, vv * BV + vj]
+        for i, j in T.grid(C, BV):
+            with T.sblock("V_load"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                if delta:
+                    Y_s[K + vi, vj] = T.Select(vc * C + vi < seq_len,
+                                               vn[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vv * BV + vj],
+                                               T.Cast(odt, zero))
+                else:
+                    Y_s[K + vi, vj] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
+                                                           v[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vv * BV + vj],
+                                                           T.Cast(dt, zero)))
+        if gated:
+            for i in T.serial(C):
+                with T.sblock("b_load"):
+                    vi = T.axis.remap("S", [i])
+                    b_s[vi] = gc[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh]
+        with T.sblock("A_scope"):
+            for i, j, kk in T.grid(C, C, K):
+                with T.sblock("A_gemm"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                    with T.init():
+                        A_s[vi, vj] = zero
+                    A_s[vi, vj] = A_s[vi, vj] + T.Cast(F32, Q_s[vi, vk]) * T.Cast(F32, K_s[vj, vk])
+        for i, kk in T.grid(C, K):
+            with T.sblock("Q_decay"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                if gated:
+                    X_s[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk]) * T.exp(b_s[vi]))
+                else:
+                    X_s[vi, vk] = Q_s[vi, vk]
+        for i, j in T.grid(C, C):
+            with T.sblock("P_mask"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                if gated:
+                    X_s[vi, K + vj] = T.Cast(odt, T.Select(vj <= vi, A_s[vi, vj] * T.exp(b_s[vi] - b_s[vj]), zero))
+                else:
+                    X_s[vi, K + vj] = T.Cast(odt, T.Select(vj <= vi, A_s[vi, vj], zero))
+        with T.sblock("O_scope"):
+            for i, j, r in T.grid(C, BV, K + C):
+                with T.sblock("O_gemm"):
+                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    with T.init():
+                        O_s[vi, vj] = zero
+                    O_s[vi, vj] = O_s[vi, vj] + T.Cast(F32, X_s[vi, vr]) * T.Cast(F32, Y_s[vr, vj])
+        for i, j in T.grid(C, BV):
+            with T.sblock("O_store"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                if vc * C + vi < seq_len:
+                    o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(dt, O_s[vi, vj] * scale)
+
+    @T.prim_func(s_tir=True)
+    def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
+             v: T.Buffer((QB, Tv, Hv, V), dt), vn: T.Buffer((QB, Tv, Hv, V), odt),
+             gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), h: T.Buffer((NTt, Hv, K, V), odt),
+             cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
+             chunk_indices: T.Buffer((NTt, 2) if varlen else (1, 2), "int32"),
+             o: T.Buffer((QB, Tv, Hv, V), dt), scale: T.float32):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for ci, hh, jv in T.grid(_chunk_grid(st, C, QB, Tv, NTt), Hv, V // BV):
+            with T.sblock("tile"):
+                vci, vh, vv = T.axis.remap("SSS", [ci, hh, jv])
+                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K], h[0:NTt, vh, 0:K, 0:V]]
+                          + ([vn[0:QB, 0:Tv, vh, 0:V]] if delta else [v[0:QB, 0:Tv, vh, 0:V]])
+                          + ([gc[0:QB, 0:Tv, vh]] if gated else [])
+                          + ([cu_seqlens[0:NCv], chunk_indices[vci, 0:2]] if varlen else [])))
+                T.writes(o[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV])
+                if varlen:
+                    seq: T.let = chunk_indices[vci, 0]
+                    bos: T.let = cu_seqlens[seq]
+                    body(q, k, v, vn, gc, h, o, scale, 0, vh, vv, chunk_indices[vci, 1], bos,
+                         cu_seqlens[seq + 1] - bos, vci)
+                else:
+                    nt: T.let = T.ceildiv(Tv, C)
+                    body(q, k, v, vn, gc, h, o, scale, vci // nt, vh, vv, vci % nt, 0, Tv, vci)
+
+    return _keep_params(main, signature(st, "output"))
