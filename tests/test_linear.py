@@ -473,10 +473,9 @@ def _smem_overlaps(pre, post) -> list[str]:
     """Dynamic shared-memory buffers that share bytes while both live (touched in overlapping top-level
     statements of the kernel), from the IR before and after MergeSharedMemoryAllocations: offsets from
     every access's index shift, liveness at the planner's own granularity."""
-    import tvm
-    import tvm_ffi
-    from tvm import tirx
-    from tvm.sym.analyzer import Analyzer
+    from tvm_attn._tvm import tirx, tvm, tvm_ffi
+
+    Analyzer = tvm.sym.analyzer.Analyzer
 
     def main(mod):
         return max((f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)), key=lambda f: len(f.script()))
@@ -543,9 +542,8 @@ def test_cuda_split_shared_memory_plan(op: str):
     # TVM 0.27's shared-memory planner re-lays out reused buffers when it coalesces freed blocks; it once
     # put the prep kernel's K Kᵀ on β K and its Tm on β V (delta rules wrong on a GPU, right on the CPU).
     # No GPU needed: every split kernel's merged plan must keep live buffers apart.
-    import tvm
-
     from tvm_attn import _tvm
+    from tvm_attn._tvm import tvm
     from tvm_attn.ops.linear.build import LinearSpec
     from tvm_attn.ops.linear.cuda import build_config, cuda_schedule
 

@@ -174,7 +174,7 @@ def default_variant(spec: KernelSpec):
     variant = DEFAULT_VARIANTS[spec.head_dim]
     if spec.varlen:
         # the pipeline predicates its next-tile copy on the data-dependent trip count, which the CUDA
-        # barrier pass refuses; varlen copies synchronously (see docs/flash.md)
+        # barrier pass refuses; varlen copies synchronously (README, Performance)
         variant = dataclasses.replace(variant, stages=0)
     return variant
 

@@ -5,7 +5,9 @@ causal, dense or varlen, tile sizes); batch, heads and sequence lengths are symb
 module serves every length.
 
 Per (sequence, query head, query tile of BM rows) one ``tile`` block walks the visible key tiles of BN
-keys: S = Q Kᵀ, running row max and sum, P = exp2(S·c − m), O = O·α + P V. The row statistics are
+keys: S = Q Kᵀ, running row max and sum, P = exp2(S·c − m·c), O = O·α + P V, with the row max kept in
+raw score units (c = scale·log2 e is applied once per row), the mask applied only to key tiles that
+straddle a sequence end or the causal diagonal, and O rescaled lazily (``RESCALE``). The row statistics are
 ``(BM, 4)`` buffers ``[row, quad lane]``: quad lane q owns the columns j with (j mod 8) div 2 == q, which is
 where the mma.sync C fragment puts them, so on CUDA each lane keeps its partial max/sum in registers and
 the 4-way reduction is a read of the other lanes' entries (lowered to shuffles). On the CPU the same
