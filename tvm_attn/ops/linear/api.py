@@ -100,8 +100,20 @@ def _check_options(op: str, q, v, *, form, scale, initial_state, output_final_st
 
 
 def _call(op: str, q, k, v, g, beta, *, form, scale, initial_state, output_final_state, cu_seqlens,
-          chunk_size) -> Result:
-    o, ht = OPS[op](q, k, v, g, beta, initial_state, cu_seqlens, form, scale, chunk_size)
+          chunk_size, chunk_name: str = "chunk_size") -> Result:
+    """Check every argument of ``op`` (the per-token tensors its (gate, rule) kind takes), then run it."""
+    _check_qkv(q, k, v)
+    gate, rule = OP_KINDS[op]
+    if gate == "vector":
+        _check_per_token("g", g, q, tuple(q.shape), "[B, T, H, K]")
+    elif gate == "scalar":
+        _check_per_token("g", g, q, tuple(q.shape[:3]), "[B, T, H]")
+    if rule != "add":
+        _check_per_token("eta" if rule == "ttt" else "beta", beta, q, tuple(q.shape[:3]), "[B, T, H]")
+    s = _check_options(op, q, v, form=form, scale=scale, initial_state=initial_state,
+                       output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size,
+                       chunk_name=chunk_name)
+    o, ht = OPS[op](q, k, v, g, beta, initial_state, cu_seqlens, form, s, chunk_size)
     return o, (ht if output_final_state else None)
 
 
@@ -124,10 +136,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, form:
     Returns:
         ``(o [B, T, H, V] in q's dtype, final_state or None)``. Conventions: docs/conventions.md.
     """
-    _check_qkv(q, k, v)
-    s = _check_options("linear_attention", q, v, form=form, scale=scale, initial_state=initial_state,
-                       output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-    return _call("linear_attention", q, k, v, None, None, form=form, scale=s, initial_state=initial_state,
+    return _call("linear_attention", q, k, v, None, None, form=form, scale=scale, initial_state=initial_state,
                  output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
 
 
@@ -141,11 +150,7 @@ def simple_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tenso
     Lightning Attention's decay and Mamba-2's SSD (``mamba2_ssd``) are this op. Other arguments and
     the result: as in ``linear_attention``.
     """
-    _check_qkv(q, k, v)
-    _check_per_token("g", g, q, tuple(q.shape[:3]), "[B, T, H]")
-    s = _check_options("simple_gla", q, v, form=form, scale=scale, initial_state=initial_state,
-                       output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-    return _call("simple_gla", q, k, v, g, None, form=form, scale=s, initial_state=initial_state,
+    return _call("simple_gla", q, k, v, g, None, form=form, scale=scale, initial_state=initial_state,
                  output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
 
 
@@ -157,11 +162,7 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, *, f
     ``g``: ``[B, T, H, K]`` log decay (≤ 0) per key channel; read in fp32. Other arguments and the
     result: as in ``linear_attention``.
     """
-    _check_qkv(q, k, v)
-    _check_per_token("g", g, q, tuple(q.shape), "[B, T, H, K]")
-    s = _check_options("gla", q, v, form=form, scale=scale, initial_state=initial_state,
-                       output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-    return _call("gla", q, k, v, g, None, form=form, scale=s, initial_state=initial_state,
+    return _call("gla", q, k, v, g, None, form=form, scale=scale, initial_state=initial_state,
                  output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
 
 
@@ -175,11 +176,7 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
     fp32. Forms: ``"chunk"`` (WY/UT-transform chunks) and ``"recurrent"``. Other arguments and the
     result: as in ``linear_attention``. Equals ``gated_delta_rule`` with g = 0.
     """
-    _check_qkv(q, k, v)
-    _check_per_token("beta", beta, q, tuple(q.shape[:3]), "[B, T, H]")
-    s = _check_options("delta_rule", q, v, form=form, scale=scale, initial_state=initial_state,
-                       output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-    return _call("delta_rule", q, k, v, None, beta, form=form, scale=s, initial_state=initial_state,
+    return _call("delta_rule", q, k, v, None, beta, form=form, scale=scale, initial_state=initial_state,
                  output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
 
 
@@ -192,12 +189,7 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     ``g``: ``[B, T, H]`` log decay (≤ 0); ``beta``: ``[B, T, H]``; both read in fp32. Forms:
     ``"chunk"`` and ``"recurrent"``. Other arguments and the result: as in ``linear_attention``.
     """
-    _check_qkv(q, k, v)
-    _check_per_token("g", g, q, tuple(q.shape[:3]), "[B, T, H]")
-    _check_per_token("beta", beta, q, tuple(q.shape[:3]), "[B, T, H]")
-    s = _check_options("gated_delta_rule", q, v, form=form, scale=scale, initial_state=initial_state,
-                       output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
-    return _call("gated_delta_rule", q, k, v, g, beta, form=form, scale=s, initial_state=initial_state,
+    return _call("gated_delta_rule", q, k, v, g, beta, form=form, scale=scale, initial_state=initial_state,
                  output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size)
 
 
@@ -221,13 +213,9 @@ def ttt_linear(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Ten
             ``initial_state`` equals one call when every call but the last covers whole mini-batches.
         form: ``"chunk"`` or ``"recurrent"``; other arguments and the result as in ``linear_attention``.
     """
-    _check_qkv(q, k, v)
-    _check_per_token("eta", eta, q, tuple(q.shape[:3]), "[B, T, H]")
-    s = _check_options("ttt_linear", q, v, form=form, scale=scale, initial_state=initial_state,
-                       output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=mini_batch_size,
-                       chunk_name="mini_batch_size")
-    return _call("ttt_linear", q, k, v, None, eta, form=form, scale=s, initial_state=initial_state,
-                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=mini_batch_size)
+    return _call("ttt_linear", q, k, v, None, eta, form=form, scale=scale, initial_state=initial_state,
+                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=mini_batch_size,
+                 chunk_name="mini_batch_size")
 
 
 # ------------------------------------------------------------------------------------------------

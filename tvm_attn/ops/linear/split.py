@@ -35,6 +35,17 @@ from .compute import F32, LinearStatic, _axes, _keep_params
 PARTS = ("prep", "state", "output")
 
 
+def _row(x, bsel, bos, r, seq_len, *cols):
+    """``x`` at row ``r`` of the sequence starting at ``bos``, clamped inside it (always in bounds; the
+    caller masks rows past the end)."""
+    return x[bsel, bos + T.min(r, seq_len - 1), *cols]
+
+
+def _masked_row(x, odt: str, bsel, bos, r, seq_len, *cols):
+    """``_row`` in ``odt``, zero past the sequence's end (the padding rows of a chunk)."""
+    return T.Cast(odt, T.Select(r < seq_len, _row(x, bsel, bos, r, seq_len, *cols), tirx.const(0, x.dtype)))
+
+
 def signature(st: LinearStatic, part: str) -> list[str]:
     """Argument names of ``part``'s kernel, in order."""
     gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
@@ -96,22 +107,20 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
         for i, kk in T.grid(C, K):
             with T.sblock("Ka_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                Ka_s[vi, vk] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
-                                                    k[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk], T.Cast(dt, zero)))
+                Ka_s[vi, vk] = _masked_row(k, odt, bsel, bos, vc * C + vi, seq_len, vh, vk)
         for i, kk in T.grid(C, K):
             with T.sblock("K_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                K_s[vi, vk] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
-                                                   k[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk], T.Cast(dt, zero)))
+                K_s[vi, vk] = _masked_row(k, odt, bsel, bos, vc * C + vi, seq_len, vh, vk)
         if gated:
             for i in T.serial(C):
                 with T.sblock("b_load"):
                     vi = T.axis.remap("S", [i])
-                    b_s[vi] = gc[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh]
+                    b_s[vi] = _row(gc, bsel, bos, vc * C + vi, seq_len, vh)
         for i in T.serial(C):
             with T.sblock("beta_load"):
                 vi = T.axis.remap("S", [i])
-                beta_s[vi] = T.Select(vc * C + vi < seq_len, beta[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh], zero)
+                beta_s[vi] = T.Select(vc * C + vi < seq_len, _row(beta, bsel, bos, vc * C + vi, seq_len, vh), zero)
         with T.sblock("A_scope"):
             for i, j, kk in T.grid(C, C, K):
                 with T.sblock("A_gemm"):
@@ -142,11 +151,11 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
             with T.sblock("Kb_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
                 Kb_s[vi, vk] = T.Cast(odt, beta_s[vi] * edec(b_s, vi) * T.Cast(
-                    F32, k[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk]))
+                    F32, _row(k, bsel, bos, vc * C + vi, seq_len, vh, vk)))
         for i, j in T.grid(C, V):
             with T.sblock("Vb_load"):
                 vi, vj = T.axis.remap("SS", [i, j])
-                Vb_s[vi, vj] = T.Cast(odt, beta_s[vi] * T.Cast(F32, v[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vj]))
+                Vb_s[vi, vj] = T.Cast(odt, beta_s[vi] * T.Cast(F32, _row(v, bsel, bos, vc * C + vi, seq_len, vh, vj)))
         with T.sblock("W_scope"):
             for i, j, l in T.grid(C, K, C):
                 with T.sblock("W_gemm"):
@@ -258,12 +267,12 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                     for i in T.serial(C):
                         with T.sblock("b_load"):
                             vi = T.axis.remap("S", [i])
-                            b_s[vi] = gc[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh]
+                            b_s[vi] = _row(gc, bsel, bos, vc * C + vi, seq_len, vh)
                 if delta:
                     for i, kk in T.grid(C, K):
                         with T.sblock("W_load"):
                             vi, vk = T.axis.remap("SS", [i, kk])
-                            W_s[vi, vk] = T.Select(vc * C + vi < seq_len, w[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk],
+                            W_s[vi, vk] = T.Select(vc * C + vi < seq_len, _row(w, bsel, bos, vc * C + vi, seq_len, vh, vk),
                                                    T.Cast(odt, zero))
                     with T.sblock("WS_scope"):
                         for i, j, kk in T.grid(C, BV, K):
@@ -277,7 +286,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                             vi, vj = T.axis.remap("SS", [i, j])
                             U_s[vi, vj] = T.Cast(odt, T.Select(
                                 vc * C + vi < seq_len,
-                                T.Cast(F32, u[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vv * BV + vj]) - WS_s[vi, vj],
+                                T.Cast(F32, _row(u, bsel, bos, vc * C + vi, seq_len, vh, vv * BV + vj)) - WS_s[vi, vj],
                                 zero))
                     for i, j in T.grid(C, BV):
                         with T.sblock("vn_store"):
@@ -289,7 +298,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         with T.sblock("V_load"):
                             vi, vj = T.axis.remap("SS", [i, j])
                             U_s[vi, vj] = T.Cast(odt, T.Select(
-                                vc * C + vi < seq_len, v[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vv * BV + vj],
+                                vc * C + vi < seq_len, _row(v, bsel, bos, vc * C + vi, seq_len, vh, vv * BV + vj),
                                 T.Cast(dt, zero)))
                 for j, kk in T.grid(C, BK):
                     with T.sblock("K_decay"):  # key channels innermost: coalesced reads of k; the decay
@@ -297,9 +306,9 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         vj, vk = T.axis.remap("SS", [j, kk])
                         Kt_s[vk, vj] = T.Cast(odt, T.Select(
                             vc * C + vj < seq_len,
-                            T.Cast(F32, k[bsel, bos + T.min(vc * C + vj, seq_len - 1), vh, vk0 * BK + vk])
-                            * (T.exp(gc[bsel, bos + T.min(vc * C + C - 1, seq_len - 1), vh]
-                                     - gc[bsel, bos + T.min(vc * C + vj, seq_len - 1), vh]) if gated else one), zero))
+                            T.Cast(F32, _row(k, bsel, bos, vc * C + vj, seq_len, vh, vk0 * BK + vk))
+                            * (T.exp(_row(gc, bsel, bos, vc * C + C - 1, seq_len, vh)
+                                     - _row(gc, bsel, bos, vc * C + vj, seq_len, vh)) if gated else one), zero))
                 with T.sblock("Sa_scope"):
                     for kk, j, l in T.grid(BK, BV, C):
                         with T.sblock("Sa_gemm"):
@@ -375,13 +384,11 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         for i, kk in T.grid(C, K):
             with T.sblock("Q_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                Q_s[vi, vk] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
-                                                   q[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk], T.Cast(dt, zero)))
+                Q_s[vi, vk] = _masked_row(q, odt, bsel, bos, vc * C + vi, seq_len, vh, vk)
         for i, kk in T.grid(C, K):
             with T.sblock("K_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                K_s[vi, vk] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
-                                                   k[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vk], T.Cast(dt, zero)))
+                K_s[vi, vk] = _masked_row(k, odt, bsel, bos, vc * C + vi, seq_len, vh, vk)
         for kk, j in T.grid(K, BV):
             with T.sblock("H_load"):
                 vk, vj = T.axis.remap("SS", [kk, j])
@@ -391,17 +398,17 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                 vi, vj = T.axis.remap("SS", [i, j])
                 if delta:
                     Y_s[K + vi, vj] = T.Select(vc * C + vi < seq_len,
-                                               vn[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vv * BV + vj],
+                                               _row(vn, bsel, bos, vc * C + vi, seq_len, vh, vv * BV + vj),
                                                T.Cast(odt, zero))
                 else:
                     Y_s[K + vi, vj] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
-                                                           v[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh, vv * BV + vj],
+                                                           _row(v, bsel, bos, vc * C + vi, seq_len, vh, vv * BV + vj),
                                                            T.Cast(dt, zero)))
         if gated:
             for i in T.serial(C):
                 with T.sblock("b_load"):
                     vi = T.axis.remap("S", [i])
-                    b_s[vi] = gc[bsel, bos + T.min(vc * C + vi, seq_len - 1), vh]
+                    b_s[vi] = _row(gc, bsel, bos, vc * C + vi, seq_len, vh)
         with T.sblock("A_scope"):
             for i, j, kk in T.grid(C, C, K):
                 with T.sblock("A_gemm"):
