@@ -47,7 +47,7 @@ def _has(sch: Schedule, name: str) -> bool:
 # CPU
 # ------------------------------------------------------------------------------------------------
 
-_GEMMS = ("A_gemm", "KS_gemm", "U_gemm", "O_gemm", "Sa_gemm", "W_gemm", "WS_gemm")
+_GEMMS = ("A_gemm", "KS_gemm", "U_gemm", "O_gemm", "Sa_gemm", "W_gemm", "WS_gemm", "S_gemm", "OH_gemm")
 
 
 def apply_cpu(sch: Schedule) -> None:
@@ -74,11 +74,13 @@ class LinearVariant:
     warps: int = 4  # default decision of the warp count (a sampled knob)
     unroll: int = 16  # default decision of the unroll depth (a sampled knob)
     block_k: int = 0  # state rows per CTA of the split state kernel (add rule; 0: all K)
+    stages: int = 0  # split state kernel: 1 = the next chunk's tiles fetched while this one computes
 
     @property
     def key(self) -> str:
         bk = f"bk{self.block_k}" if self.block_k else ""
-        return f"bv{self.block_v}{bk}w{self.warps}u{self.unroll}"
+        st = f"s{self.stages}" if self.stages else ""
+        return f"bv{self.block_v}{bk}w{self.warps}u{self.unroll}{st}"
 
 
 DEFAULT_CHUNK_VARIANT = LinearVariant(block_v=32, warps=4, unroll=16)
@@ -87,7 +89,7 @@ DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
 # add rule only (the delta rule's W S needs every key row)
 DEFAULT_SPLIT_VARIANTS = {
     "prep": LinearVariant(block_v=0, warps=4, unroll=0),
-    "state": LinearVariant(block_v=32, warps=4, unroll=16, block_k=64),
+    "state": LinearVariant(block_v=32, warps=4, unroll=0, block_k=64, stages=1),
     "output": LinearVariant(block_v=64, warps=4, unroll=0),
 }
 UNROLL_CHOICES = (0, 16, 64)
@@ -279,41 +281,192 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
     _spread(sch, [j], nw)
 
 
+def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False) -> None:
+    """A plain global -> shared copy spread over the CTA, 16-byte vectors where every thread count the
+    warp knob can take divides the tile (``threads_max``: the largest), unrolled; ldmatrix operands
+    padded against bank conflicts."""
+    blk = sch.get_sblock(name)
+    loops = sch.get_loops(blk)[-1 if one_d else -2:]
+    extents = [int(sch.get(lp).extent) for lp in loops]
+    f = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = extents[0] * (extents[1] if len(extents) > 1 else 1)
+    vec = next((v for v in (8, 4, 2) if not one_d and extents[-1] % v == 0 and total % (threads_max * v) == 0), 1)
+    if vec > 1:
+        outer, ty, tx, vv = sch.split(f, [None, nw, 32, vec])
+        sch.vectorize(vv)
+    else:
+        outer, ty, tx = sch.split(f, [None, nw, 32])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    sch.unroll(outer)
+    if not one_d:
+        sch.storage_align(blk, 0, axis=-2, factor=32, offset=8)
+
+
+class _Fragments:
+    """mma.sync products whose results stay in registers ("warp" scope, mma fragment layout), and the
+    element-wise passes over them, each lane on its own registers (the flash schedule's structure)."""
+
+    def __init__(self, sch: Schedule, dtype: str, variant: LinearVariant, tunable: bool):
+        self.sch, self.intrin = sch, mma_intrins(dtype)
+        self.variant, self.tunable = variant, tunable
+        self.nw = None  # the warp count, sampled by the first product (give it the fewest row tiles)
+        self.tiles = 0
+        self.laid_out: set[str] = set()  # fragment buffers already in the fragment layout
+
+    def _layout(self, blk, kind: str, index: int, buf: str) -> None:
+        if buf not in self.laid_out:
+            self.sch.transform_layout(blk, (kind, index), _imap)
+            self.laid_out.add(buf)
+
+    def gemm(self, name: str, *, a: str, b: str, a_t: bool = False, b_nk: bool = False,
+             a_frag: bool = False, b_frag: bool = False) -> None:
+        """C[i, j] (+)= Σ_k A · B, warps owning 16-row tiles of C. Operands come from shared memory through
+        ldmatrix (A stored [M, K], or [K, M] with ``a_t``; B stored [K, N], or [N, K] with ``b_nk``) or,
+        with ``a_frag`` / ``b_frag``, are fragment buffers already in registers."""
+        sch = self.sch
+        blk = sch.get_sblock(name)
+        i, j, k = sch.get_loops(blk)[-3:]
+        i, i_tc = sch.split(i, [None, 16])
+        j, j_tc = sch.split(j, [None, 16])
+        k, k_tc = sch.split(k, [None, 16])
+        sch.reorder(i, j, k, i_tc, j_tc, k_tc)
+        outer = sch.blockize(i_tc)
+        if self.nw is None:  # the warp-count knob: a perfect tiling of this product's 16-row tiles
+            self.tiles = int(sch.get(i).extent)
+            warps = min(self.variant.warps, self.tiles)
+            self.nw, _ = sch.sample_perfect_tile(i, n=2, max_innermost_factor=self.tiles,
+                                                 decision=None if self.tunable else [warps, self.tiles // warps])
+        iw, ii = sch.split(i, [self.nw, None])
+        sch.reorder(iw, ii, j, k)
+        sch.bind(iw, "threadIdx.y")
+        sch.reorder(k, j, ii)  # k outermost: one B fragment live at a time
+        loads = []
+        for buf, frag, at, intrin in ((a, a_frag, k, "load_a_t" if a_t else "load_a"),
+                                      (b, b_frag, j, "load_b_nk" if b_nk else "load_b_kn")):
+            if frag:
+                self._layout(outer, "read", _read_index(sch, outer, buf), buf)
+                continue
+            cache = sch.cache_read(outer, _read_index(sch, outer, buf), "warp")
+            sch.compute_at(cache, at)
+            r, c = sch.get_loops(cache)[-2:]
+            r0, r1 = sch.split(r, [None, 16])
+            c0, c1 = sch.split(c, [None, 16])
+            sch.reorder(r0, c0, r1, c1)
+            sch.transform_layout(cache, ("write", 0), _imap)
+            loads.append((r1, intrin))
+        out = sch.get(outer).writes[0].source.name
+        self._layout(outer, "write", 0, out)
+        for loop, intrin in loads:
+            sch.tensorize(loop, self.intrin[intrin])
+        sch.decompose_reduction(outer, k)
+        mma = "mma_a_t" if a_t else ("mma_b_nk" if b_nk else "mma")
+        sch.tensorize(sch.get_loops(blk)[-3], self.intrin[mma])
+        init = sch.get_sblock(f"{name}_init")
+        sch.transform_block_layout(init, lambda x, y: fragment_map(x, y))
+        sch.bind(sch.get_loops(init)[-2], "threadIdx.x")
+
+    def elementwise(self, name: str, *, buf: str, kind: str = "write", in_place: bool = False,
+                    all_warps: bool = False) -> None:
+        """Map a pass over a fragment buffer ``buf`` onto the lanes that hold it: warps own row tiles, or
+        with ``all_warps`` every warp computes the whole buffer (an operand every warp reads)."""
+        sch = self.sch
+        blk = sch.get_sblock(name)
+        if buf not in self.laid_out:
+            self._layout(blk, kind, _read_index(sch, blk, buf) if kind == "read" else 0, buf)
+        if in_place:  # an extent-1 reduction
+            sch.transform_block_layout(blk, lambda i, j, r: (*_imap(i, j), r))
+            a, c, lane, loc, _ = sch.get_loops(blk)[-5:]
+        else:
+            sch.transform_block_layout(blk, _imap)
+            a, c, lane, loc = sch.get_loops(blk)[-4:]
+        if all_warps:
+            sch.reorder(lane, a, c, loc)
+            rest = (a, c, loc)
+        else:
+            aw, ai = sch.split(a, [self.nw, None])
+            sch.reorder(aw, lane, ai, c, loc)
+            sch.bind(aw, "threadIdx.y")
+            rest = (ai, c, loc)
+        sch.bind(lane, "threadIdx.x")
+        for lp in rest:  # register arrays need compile-time indices
+            sch.unroll(lp)
+
+
+def _pipeline_statements(stmt) -> int:
+    """How many statements the software-pipeline pass sees in a loop body: it flattens scope blocks
+    that bind no iterators and thread-bound loops (a matmul's init and update then count as two)."""
+    if hasattr(stmt, "seq"):
+        return sum(_pipeline_statements(s) for s in stmt.seq)
+    if getattr(stmt, "thread_binding", None) is not None:
+        return _pipeline_statements(stmt.body)
+    block = getattr(stmt, "block", None)
+    if block is not None and not block.iter_vars:
+        return _pipeline_statements(block.body)
+    return 1
+
+
+def _pipeline(sch: Schedule, loop, n_loads: int) -> None:
+    """Two-stage software pipeline over ``loop``: its first ``n_loads`` statements (plain copies into
+    shared memory) run one iteration ahead as cp.async, the rest at stage 1."""
+    n = _pipeline_statements(sch.get(loop).body)
+    sch.annotate(loop, "software_pipeline_stage", [0] * n_loads + [1] * (n - n_loads))
+    sch.annotate(loop, "software_pipeline_order", list(range(n)))
+    sch.annotate(loop, "software_pipeline_async_stages", [0])
+
+
 def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule the split form's state kernel: one CTA per (sequence, head, value tile[, key tile]) walks
-    the chunks; W S and the update (K ⊙ decay)ᵀ V on tensor cores, the fp32 state in shared memory."""
+    the chunks with the fp32 state in registers (warps own 16-row tiles of it); per chunk the tiles of
+    the next chunk are fetched by cp.async while this one computes (``variant.unroll`` != 0: a two-stage
+    pipeline), W·odt(S) (delta) and S += Kᵀ Vd on tensor cores."""
     n, h, jv, jk = sch.get_loops("tile")
     sch.bind(sch.fuse(jv, jk), "blockIdx.x")
     sch.bind(h, "blockIdx.y")
     sch.bind(n, "blockIdx.z")
-    operands = {"WS_gemm": ("W_s", "Y_s", False), "Sa_gemm": ("Kt_s", "U_s", False)}
-    gemms = {name: (_tc_tiles(sch, name), ops) for name, ops in operands.items() if _has(sch, name)}
-    nw = _warps(sch, gemms, variant, tunable)
-    _split_common(sch, dtype, gemms, nw,
-                  ("S_init", "S_cast", "h_store", "b_load", "W_load", "U_store", "vn_store", "V_load", "K_decay",
-                   "ht_store"),
-                  {"Y_s": "S_cast", "W_s": "W_load", "U_s": "U_store", "Kt_s": "K_decay"})
-    if _has(sch, "V_load"):
-        sch.storage_align(sch.get_sblock("V_load"), 0, axis=-2, factor=32, offset=8)
-    _spread(sch, sch.get_loops("S_update")[-3:-1], nw)
-    unroll = sch.sample_categorical(list(UNROLL_CHOICES), [1 / len(UNROLL_CHOICES)] * len(UNROLL_CHOICES),
-                                    decision=None if tunable else UNROLL_CHOICES.index(variant.unroll))
-    sch.annotate(sch.get_loops("chunk")[0], "pragma_auto_unroll_max_step", unroll)
+    delta = _has(sch, "WS_gemm")
+    c_loop = sch.get_loops("K_load")[-3]
+    fr = _Fragments(sch, dtype, variant, tunable)
+    if delta:  # first: W S has the chunk's rows, fewer than the state's (the warp knob divides both)
+        fr.gemm("WS_gemm", a="W_s", b="Y_s")
+    fr.gemm("S_gemm", a="K_s", b="Vd_w", a_t=True, b_frag=True)
+    loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
+    for name in loads:
+        _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name == "b_load")
+    fr.elementwise("V_decay", buf="Vd_w", all_warps=True)
+    for name in ("S_init", "h_store", "ht_store"):
+        fr.elementwise(name, buf="S_w", kind="read" if name != "S_init" else "write")
+    if _has(sch, "S_decay"):
+        fr.elementwise("S_decay", buf="S_w", in_place=True)
+    if delta:
+        fr.elementwise("S_cast", buf="S_w", kind="read")
+        sch.storage_align(sch.get_sblock("S_cast"), 0, axis=-2, factor=32, offset=8)
+        fr.elementwise("Vn_form", buf="WS_w", in_place=True)
+        fr.elementwise("Vn_calc", buf="WS_w", kind="read")
+        _spread(sch, sch.get_loops("vn_store")[-2:], fr.nw)
+    if variant.stages:
+        _pipeline(sch, c_loop, len(loads))
 
 
 def apply_cuda_chunk_output(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
-    """Schedule the split form's output kernel: one CTA per (chunk, head, value tile); Q Kᵀ and
-    [eᵇQ | P] [h; V] on tensor cores."""
+    """Schedule the split form's output kernel: one CTA per (chunk, head, value tile); Q h, Q Kᵀ and
+    P V on tensor cores with every product in registers (warps own 16-row tiles of the chunk), P fed to
+    the last product as its A operand without leaving them."""
     ci, h, jv = sch.get_loops("tile")
     sch.bind(ci, "blockIdx.x")
     sch.bind(h, "blockIdx.y")
     sch.bind(jv, "blockIdx.z")
-    operands = {"A_gemm": ("Q_s", "K_s", True), "O_gemm": ("X_s", "Y_s", False)}
-    gemms = {name: (_tc_tiles(sch, name), ops) for name, ops in operands.items()}
-    nw = _warps(sch, gemms, variant, tunable)
-    _split_common(sch, dtype, gemms, nw,
-                  ("Q_load", "K_load", "H_load", "V_load", "b_load", "Q_decay", "P_mask", "O_store"),
-                  {"Q_s": "Q_load", "K_s": "K_load", "Y_s": "H_load", "X_s": "Q_decay"})
+    fr = _Fragments(sch, dtype, variant, tunable)
+    fr.gemm("OH_gemm", a="Q_s", b="H_s")
+    fr.gemm("A_gemm", a="Q_s", b="K_s", b_nk=True)
+    for name in ("Q_load", "K_load", "H_load", "V_load", "b_load"):
+        if _has(sch, name):
+            _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name == "b_load")
+    fr.elementwise("P_mask", buf="P_w")
+    fr.gemm("O_gemm", a="P_w", b="V_s", a_frag=True)
+    if _has(sch, "O_decay"):
+        fr.elementwise("O_decay", buf="O_w", in_place=True)
+    fr.elementwise("O_store", buf="O_w", kind="read")
 
 
 def apply_cuda_chunk_part(sch: Schedule, part: str, variant: LinearVariant, dtype: str, *,

@@ -512,7 +512,8 @@ def _smem_overlaps(pre, post) -> list[str]:
     ana, offset = Analyzer(), {}
     for (va, ia), (_, ib) in zip(a, b):
         if va in allocs:
-            offset.setdefault(va, int(ana.simplify(ib - ia)))
+            d = ana.simplify(ib - ia)  # vectorised accesses: a ramp (or broadcast) of one offset
+            offset.setdefault(va, int(d.base if hasattr(d, "base") else getattr(d, "value", d)))
     live = {}
     for i, s in enumerate(top_level(pre_f.body)):
         if isinstance(s, tirx.AllocBuffer):

@@ -57,8 +57,8 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
         if spec.part == "prep":
             return split.prep(st, **kw, solve=scopes.solve)
         if spec.part == "state":
-            return split.state(st, **kw, block_v=block_v, block_k=block_k, state_scope=scopes.state)
-        return split.output(st, **kw, block_v=block_v)
+            return split.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag)
+        return split.output(st, **kw, block_v=block_v, frag=scopes.frag)
     if spec.form == "recurrent":
         return compute.recurrent(st, block_v=block_v, mini_batch=max(spec.chunk, 1), scopes=scopes)
     if spec.form == "chunk":

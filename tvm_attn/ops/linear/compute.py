@@ -56,6 +56,7 @@ class Scopes:
     state: str = "global"  # the fp32 state of a recurrent tile (CUDA: "local", one column per thread)
     vec: str = "global"  # per-token vectors shared by a recurrent tile (CUDA: "shared")
     solve: str = "global"  # the fp32 triangular solve, one column per thread (CUDA: "local")
+    frag: str = "global"  # matrix products kept in registers by the split kernels (CUDA: "warp")
 
 
 def _signature(st: LinearStatic) -> list[str]:

@@ -21,7 +21,7 @@ PARALLEL_BLOCK = 64  # query/key tile rows of the CUDA parallel form
 def build_config() -> dict:
     from ... import _tvm
 
-    return {**_tvm.build_config(async_copy=False), "tirx.merge_static_smem": True}
+    return {**_tvm.build_config(async_copy=True), "tirx.merge_static_smem": True}
 
 
 def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
@@ -39,9 +39,8 @@ def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
     scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local")
     if spec.part:
         variant = variant or sched.DEFAULT_SPLIT_VARIANTS[spec.part]
-        # the fp32 state in shared memory: a "local" state is not compacted to the elements a thread owns
-        # (the spread loops fuse (k, j)), so it would live in local memory
-        scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", state="shared.dyn")
+        # the state and the products of the state and output kernels in mma register fragments
+        scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", frag="warp")
         sch = _tvm.Schedule(make_func(spec, block_v=min(variant.block_v, spec.value_dim), op_dtype=None, scopes=scopes,
                                       block_k=split_block_k(spec, variant)))
         sched.apply_cuda_chunk_part(sch, spec.part, variant, spec.dtype, tunable=tunable)

@@ -217,10 +217,29 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
 # state: the chunk recurrence only, per (sequence, head, value tile[, key tile])
 # ------------------------------------------------------------------------------------------------
 
+def _clamped(bos, r, seq_len):
+    """Row ``r`` of the sequence starting at ``bos``, clamped inside it; an empty sequence reads a row
+    next to it (always in bounds: every use of such a row is masked)."""
+    return T.max(T.min(bos + r, bos + seq_len - 1), 0)
+
+
 def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | None = None,
-          op_dtype: str | None = None, smem: str = "global", acc: str = "global", state_scope: str = "global"):
+          op_dtype: str | None = None, smem: str = "global", acc: str = "global", frag: str = "global",
+          min_chunks: int = 1):
     """Build the PrimFunc ``main`` of the state pass. ``block_k`` (add rule only) tiles the state's rows:
-    its rows never mix there, so key tiles are independent. ``state_scope``: the fp32 state's scope."""
+    its rows never mix there, so key tiles are independent. ``frag``: the scope of the fp32 state and of
+    the decayed values (register fragments, "warp", on CUDA). The state lives in ``frag`` across the
+    whole chunk loop; per chunk:
+
+        h[c] = S (rounded to ``odt``)
+        delta:  V' = U − W·odt(S)  (fp32; stored rounded as ``vn``)
+        Vd = odt(V ⊙ d)  with d_l = e^{b_C − b_l} for rows inside the sequence, 0 past its end
+        S = e^{b_C} S + Kᵀ Vd
+
+    The chunk tiles are plain copies of clamped rows (the mask is in d), so CUDA can stage them
+    asynchronously one chunk ahead. The chunk loop runs at least ``min_chunks`` times (a software
+    pipeline needs a trip count it can prove); the extra iteration of an empty sequence adds nothing
+    and stores nothing."""
     _check(st)
     K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
     BK = block_k or K
@@ -234,99 +253,112 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
 
     @T.macro
     def seq(k, v, w, u, gc, h0, h, vn, ht, bsel, vn_, vh, vv, vk0, bos, seq_len, cbase):
-        S = T.sblock_alloc_buffer((BK, BV), F32, scope=state_scope)  # the state's (key tile, value tile)
+        S_w = T.sblock_alloc_buffer((BK, BV), F32, scope=frag)  # the state's (key tile, value tile)
+        K_s = T.sblock_alloc_buffer((C, BK), odt, scope=smem)
+        V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)  # V (add) or U (delta)
+        W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
+        b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
+        Y_s = T.sblock_alloc_buffer((K, BV) if delta else (1, 1), odt, scope=smem)  # odt(S), W S's B operand
+        WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
+        Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
+        Vd_w = T.sblock_alloc_buffer((C, BV), odt, scope=frag)  # decayed, masked values: the update's B operand
         for kk, j in T.grid(BK, BV):
             with T.sblock("S_init"):
                 vk, vj = T.axis.remap("SS", [kk, j])
-                S[vk, vj] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
-        for c in T.serial(T.ceildiv(seq_len, C)):
-            with T.sblock("chunk"):
-                vc = T.axis.remap("S", [c])
-                Y_s = T.sblock_alloc_buffer((K, BV) if delta else (1, 1), odt, scope=smem)  # S in odt
-                W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
-                U_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)  # V (add) or V' (delta)
-                Kt_s = T.sblock_alloc_buffer((BK, C), odt, scope=smem)  # (K ⊙ e^{b_C − b})ᵀ
-                WS_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)
-                Sa_s = T.sblock_alloc_buffer((BK, BV), F32, scope=acc)
-                b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
-                if delta:
+                S_w[vk, vj] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
+        n_c: T.let = T.ceildiv(seq_len, C)  # a bound var: the pipeline pass compares it symbolically
+        for c in T.serial(T.max(n_c, min_chunks)):
+            for i, kk in T.grid(C, BK):
+                with T.sblock("K_load"):
+                    vc, vi, vk = T.axis.remap("SSS", [c, i, kk])
+                    K_s[vi, vk] = k[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk0 * BK + vk]
+            if delta:
+                for i, kk in T.grid(C, K):
+                    with T.sblock("W_load"):
+                        vc, vi, vk = T.axis.remap("SSS", [c, i, kk])
+                        W_s[vi, vk] = w[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
+            for i, j in T.grid(C, BV):
+                with T.sblock("V_load"):
+                    vc, vi, vj = T.axis.remap("SSS", [c, i, j])
+                    if delta:
+                        V_s[vi, vj] = u[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
+                    else:
+                        V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
+            if gated:
+                for i in T.serial(C):
+                    with T.sblock("b_load"):
+                        vc, vi = T.axis.remap("SS", [c, i])
+                        b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
+            with T.sblock("h_store_scope"):  # the chunk index bound by a scope block: the inner block keeps
+                vc = T.axis.remap("S", [c])  # only its data axes (the fragment layout maps them)
+                for kk, j in T.grid(BK, BV):
+                    with T.sblock("h_store"):
+                        vk, vj = T.axis.remap("SS", [kk, j])
+                        if vc < n_c:
+                            h[cbase + vc, vh, vk0 * BK + vk, vv * BV + vj] = T.Cast(odt, S_w[vk, vj])
+            if delta:
+                with T.sblock("S_cast_scope"):  # (scope blocks: the fragment layout maps a block's own loops)
                     for kk, j in T.grid(K, BV):
                         with T.sblock("S_cast"):
                             vk, vj = T.axis.remap("SS", [kk, j])
-                            Y_s[vk, vj] = T.Cast(odt, S[vk, vj])
-                    for kk, j in T.grid(K, BV):
-                        with T.sblock("h_store"):
-                            vk, vj = T.axis.remap("SS", [kk, j])
-                            h[cbase + vc, vh, vk, vv * BV + vj] = Y_s[vk, vj]
-                else:
-                    for kk, j in T.grid(BK, BV):
-                        with T.sblock("h_store"):
-                            vk, vj = T.axis.remap("SS", [kk, j])
-                            h[cbase + vc, vh, vk0 * BK + vk, vv * BV + vj] = T.Cast(odt, S[vk, vj])
-                if gated:
-                    for i in T.serial(C):
-                        with T.sblock("b_load"):
-                            vi = T.axis.remap("S", [i])
-                            b_s[vi] = _row(gc, bsel, bos, vc * C + vi, seq_len, vh)
-                if delta:
-                    for i, kk in T.grid(C, K):
-                        with T.sblock("W_load"):
-                            vi, vk = T.axis.remap("SS", [i, kk])
-                            W_s[vi, vk] = T.Select(vc * C + vi < seq_len, _row(w, bsel, bos, vc * C + vi, seq_len, vh, vk),
-                                                   T.Cast(odt, zero))
-                    with T.sblock("WS_scope"):
-                        for i, j, kk in T.grid(C, BV, K):
-                            with T.sblock("WS_gemm"):
-                                vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
-                                with T.init():
-                                    WS_s[vi, vj] = zero
-                                WS_s[vi, vj] = WS_s[vi, vj] + T.Cast(F32, W_s[vi, vk]) * T.Cast(F32, Y_s[vk, vj])
+                            Y_s[vk, vj] = T.Cast(odt, S_w[vk, vj])
+                with T.sblock("WS_scope"):
+                    for i, j, kk in T.grid(C, BV, K):
+                        with T.sblock("WS_gemm"):
+                            vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                            with T.init():
+                                WS_w[vi, vj] = zero
+                            WS_w[vi, vj] = WS_w[vi, vj] + T.Cast(F32, W_s[vi, vk]) * T.Cast(F32, Y_s[vk, vj])
+                # V' = U − W S in the registers, then to shared memory: a pass that read and wrote shared
+                # memory would get a barrier per element (TVM pools the shared buffers before placing them)
+                with T.sblock("Vn_form_scope"):
+                    for i, j, r in T.grid(C, BV, 1):
+                        with T.sblock("Vn_form"):  # in place, written as an extent-1 reduction (bindable)
+                            vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                            with T.init():
+                                WS_w[vi, vj] = T.Cast(F32, V_s[vi, vj]) - WS_w[vi, vj]
+                            WS_w[vi, vj] = WS_w[vi, vj]
+                with T.sblock("Vn_calc_scope"):
                     for i, j in T.grid(C, BV):
-                        with T.sblock("U_store"):  # V' = U − W S; rows past the end are 0
+                        with T.sblock("Vn_calc"):
                             vi, vj = T.axis.remap("SS", [i, j])
-                            U_s[vi, vj] = T.Cast(odt, T.Select(
-                                vc * C + vi < seq_len,
-                                T.Cast(F32, _row(u, bsel, bos, vc * C + vi, seq_len, vh, vv * BV + vj)) - WS_s[vi, vj],
-                                zero))
+                            Vn_s[vi, vj] = WS_w[vi, vj]
+                with T.sblock("vn_store_scope"):
+                    vc = T.axis.remap("S", [c])
                     for i, j in T.grid(C, BV):
                         with T.sblock("vn_store"):
                             vi, vj = T.axis.remap("SS", [i, j])
                             if vc * C + vi < seq_len:
-                                vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = U_s[vi, vj]
-                else:
-                    for i, j in T.grid(C, BV):
-                        with T.sblock("V_load"):
-                            vi, vj = T.axis.remap("SS", [i, j])
-                            U_s[vi, vj] = T.Cast(odt, T.Select(
-                                vc * C + vi < seq_len, _row(v, bsel, bos, vc * C + vi, seq_len, vh, vv * BV + vj),
-                                T.Cast(dt, zero)))
-                for j, kk in T.grid(C, BK):
-                    with T.sblock("K_decay"):  # key channels innermost: coalesced reads of k; the decay
-                        # from gc, not b_s (a shared read here would cost a barrier per iteration)
-                        vj, vk = T.axis.remap("SS", [j, kk])
-                        Kt_s[vk, vj] = T.Cast(odt, T.Select(
-                            vc * C + vj < seq_len,
-                            T.Cast(F32, _row(k, bsel, bos, vc * C + vj, seq_len, vh, vk0 * BK + vk))
-                            * (T.exp(_row(gc, bsel, bos, vc * C + C - 1, seq_len, vh)
-                                     - _row(gc, bsel, bos, vc * C + vj, seq_len, vh)) if gated else one), zero))
-                with T.sblock("Sa_scope"):
-                    for kk, j, l in T.grid(BK, BV, C):
-                        with T.sblock("Sa_gemm"):
-                            vk, vj, vl = T.axis.remap("SSR", [kk, j, l])
-                            with T.init():
-                                Sa_s[vk, vj] = zero
-                            Sa_s[vk, vj] = Sa_s[vk, vj] + T.Cast(F32, Kt_s[vk, vl]) * T.Cast(F32, U_s[vl, vj])
-                with T.sblock("S_update_scope"):
+                                vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(odt, Vn_s[vi, vj])
+            with T.sblock("V_decay_scope"):
+                vc = T.axis.remap("S", [c])
+                for i, j in T.grid(C, BV):
+                    with T.sblock("V_decay"):
+                        vi, vj = T.axis.remap("SS", [i, j])
+                        Vd_w[vi, vj] = T.Cast(odt, T.Select(
+                            vc * C + vi < seq_len,
+                            (Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]))
+                            * (T.exp(b_s[C - 1] - b_s[vi]) if gated else one), zero))
+            if gated:
+                with T.sblock("S_decay_scope"):
+                    vc = T.axis.remap("S", [c])
                     for kk, j, r in T.grid(BK, BV, 1):
-                        with T.sblock("S_update"):  # in place, written as an extent-1 reduction (bindable)
+                        with T.sblock("S_decay"):  # in place, written as an extent-1 reduction (bindable)
                             vk, vj, vr = T.axis.remap("SSR", [kk, j, r])
                             with T.init():
-                                S[vk, vj] = S[vk, vj] * (T.exp(b_s[C - 1]) if gated else one) + Sa_s[vk, vj]
-                            S[vk, vj] = S[vk, vj]
+                                S_w[vk, vj] = S_w[vk, vj] * T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
+                            S_w[vk, vj] = S_w[vk, vj]
+            with T.sblock("S_scope"):
+                for kk, j, l in T.grid(BK, BV, C):
+                    with T.sblock("S_gemm"):  # S += Kᵀ Vd, accumulated onto the state
+                        vk, vj, vl = T.axis.remap("SSR", [kk, j, l])
+                        with T.init():
+                            S_w[vk, vj] = S_w[vk, vj]
+                        S_w[vk, vj] = S_w[vk, vj] + T.Cast(F32, K_s[vl, vk]) * T.Cast(F32, Vd_w[vl, vj])
         for kk, j in T.grid(BK, BV):
             with T.sblock("ht_store"):
                 vk, vj = T.axis.remap("SS", [kk, j])
-                ht[vn_, vh, vk0 * BK + vk, vv * BV + vj] = S[vk, vj]
+                ht[vn_, vh, vk0 * BK + vk, vv * BV + vj] = S_w[vk, vj]
 
     @T.prim_func(s_tir=True)
     def main(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
@@ -361,8 +393,14 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
 # ------------------------------------------------------------------------------------------------
 
 def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | None = None,
-           smem: str = "global", acc: str = "global"):
-    """Build the PrimFunc ``main`` of the output pass (values: ``v`` for the add rule, V' for delta)."""
+           smem: str = "global", acc: str = "global", frag: str = "global"):
+    """Build the PrimFunc ``main`` of the output pass (values: ``v`` for the add rule, V' for delta):
+
+        O = e^{b} ⊙ (Q h[c]) + odt((Q Kᵀ) ⊙ Γ) V,   stored as scale · O
+
+    with the products in ``frag`` (register fragments on CUDA). Tiles are plain copies of clamped rows:
+    Γ is 0 above the diagonal, so a row inside the sequence never sees a row past its end, and rows
+    past the end are not stored."""
     _check(st)
     K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
     odt = op_dtype or dt
@@ -376,72 +414,77 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     def body(q, k, v, vn, gc, h, o, scale, bsel, vh, vv, vc, bos, seq_len, cidx):
         Q_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
         K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
-        X_s = T.sblock_alloc_buffer((C, K + C), odt, scope=smem)  # [eᵇ ⊙ Q | (Q Kᵀ) ⊙ Γ]
-        Y_s = T.sblock_alloc_buffer((K + C, BV), odt, scope=smem)  # [h[c]; V]
-        A_s = T.sblock_alloc_buffer((C, C), F32, scope=acc)
-        O_s = T.sblock_alloc_buffer((C, BV), F32, scope=acc)
+        H_s = T.sblock_alloc_buffer((K, BV), odt, scope=smem)
+        V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
+        O_w = T.sblock_alloc_buffer((C, BV), F32, scope=frag)
+        A_w = T.sblock_alloc_buffer((C, C), F32, scope=frag)
+        P_w = T.sblock_alloc_buffer((C, C), odt, scope=frag)
         for i, kk in T.grid(C, K):
             with T.sblock("Q_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                Q_s[vi, vk] = _masked_row(q, odt, bsel, bos, vc * C + vi, seq_len, vh, vk)
+                Q_s[vi, vk] = q[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
         for i, kk in T.grid(C, K):
             with T.sblock("K_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                K_s[vi, vk] = _masked_row(k, odt, bsel, bos, vc * C + vi, seq_len, vh, vk)
+                K_s[vi, vk] = k[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
         for kk, j in T.grid(K, BV):
             with T.sblock("H_load"):
                 vk, vj = T.axis.remap("SS", [kk, j])
-                Y_s[vk, vj] = h[cidx, vh, vk, vv * BV + vj]
+                H_s[vk, vj] = h[cidx, vh, vk, vv * BV + vj]
         for i, j in T.grid(C, BV):
             with T.sblock("V_load"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 if delta:
-                    Y_s[K + vi, vj] = T.Select(vc * C + vi < seq_len,
-                                               _row(vn, bsel, bos, vc * C + vi, seq_len, vh, vv * BV + vj),
-                                               T.Cast(odt, zero))
+                    V_s[vi, vj] = vn[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
                 else:
-                    Y_s[K + vi, vj] = T.Cast(odt, T.Select(vc * C + vi < seq_len,
-                                                           _row(v, bsel, bos, vc * C + vi, seq_len, vh, vv * BV + vj),
-                                                           T.Cast(dt, zero)))
+                    V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
         if gated:
             for i in T.serial(C):
                 with T.sblock("b_load"):
                     vi = T.axis.remap("S", [i])
-                    b_s[vi] = _row(gc, bsel, bos, vc * C + vi, seq_len, vh)
+                    b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
+        with T.sblock("OH_scope"):
+            for i, j, kk in T.grid(C, BV, K):
+                with T.sblock("OH_gemm"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                    with T.init():
+                        O_w[vi, vj] = zero
+                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, Q_s[vi, vk]) * T.Cast(F32, H_s[vk, vj])
+        if gated:
+            with T.sblock("O_decay_scope"):
+                for i, j, r in T.grid(C, BV, 1):
+                    with T.sblock("O_decay"):  # in place, written as an extent-1 reduction (bindable)
+                        vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                        with T.init():
+                            O_w[vi, vj] = O_w[vi, vj] * T.exp(b_s[vi])
+                        O_w[vi, vj] = O_w[vi, vj]
         with T.sblock("A_scope"):
             for i, j, kk in T.grid(C, C, K):
                 with T.sblock("A_gemm"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
                     with T.init():
-                        A_s[vi, vj] = zero
-                    A_s[vi, vj] = A_s[vi, vj] + T.Cast(F32, Q_s[vi, vk]) * T.Cast(F32, K_s[vj, vk])
-        for i, kk in T.grid(C, K):
-            with T.sblock("Q_decay"):
-                vi, vk = T.axis.remap("SS", [i, kk])
-                if gated:
-                    X_s[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk]) * T.exp(b_s[vi]))
-                else:
-                    X_s[vi, vk] = Q_s[vi, vk]
+                        A_w[vi, vj] = zero
+                    A_w[vi, vj] = A_w[vi, vj] + T.Cast(F32, Q_s[vi, vk]) * T.Cast(F32, K_s[vj, vk])
         for i, j in T.grid(C, C):
             with T.sblock("P_mask"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 if gated:
-                    X_s[vi, K + vj] = T.Cast(odt, T.Select(vj <= vi, A_s[vi, vj] * T.exp(b_s[vi] - b_s[vj]), zero))
+                    P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj] * T.exp(b_s[vi] - b_s[vj]), zero))
                 else:
-                    X_s[vi, K + vj] = T.Cast(odt, T.Select(vj <= vi, A_s[vi, vj], zero))
+                    P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj], zero))
         with T.sblock("O_scope"):
-            for i, j, r in T.grid(C, BV, K + C):
+            for i, j, l in T.grid(C, BV, C):
                 with T.sblock("O_gemm"):
-                    vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                    vi, vj, vl = T.axis.remap("SSR", [i, j, l])
                     with T.init():
-                        O_s[vi, vj] = zero
-                    O_s[vi, vj] = O_s[vi, vj] + T.Cast(F32, X_s[vi, vr]) * T.Cast(F32, Y_s[vr, vj])
+                        O_w[vi, vj] = O_w[vi, vj]
+                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, P_w[vi, vl]) * T.Cast(F32, V_s[vl, vj])
         for i, j in T.grid(C, BV):
             with T.sblock("O_store"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 if vc * C + vi < seq_len:
-                    o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(dt, O_s[vi, vj] * scale)
+                    o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(dt, O_w[vi, vj] * scale)
 
     @T.prim_func(s_tir=True)
     def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
