@@ -360,7 +360,7 @@ class _Fragments:
         for loop, intrin in loads:
             sch.tensorize(loop, self.intrin[intrin])
         sch.decompose_reduction(outer, k)
-        mma = "mma_a_t" if a_t else ("mma_b_nk" if b_nk else "mma")
+        mma = ("mma_a_t" + ("_b_nk" if b_nk else "")) if a_t else ("mma_b_nk" if b_nk else "mma")
         sch.tensorize(sch.get_loops(blk)[-3], self.intrin[mma])
         init = sch.get_sblock(f"{name}_init")
         sch.transform_block_layout(init, lambda x, y: fragment_map(x, y))
@@ -429,7 +429,7 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     fr = _Fragments(sch, dtype, variant, tunable)
     if delta:  # first: W S has the chunk's rows, fewer than the state's (the warp knob divides both)
         fr.gemm("WS_gemm", a="W_s", b="Y_s")
-    fr.gemm("S_gemm", a="K_s", b="Vd_w", a_t=True, b_frag=True)
+    fr.gemm("S_gemm", a="K_s", b="Vd_w", a_t=True, b_nk=True, b_frag=True)
     loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
     for name in loads:
         _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name == "b_load")

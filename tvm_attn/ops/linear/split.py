@@ -261,7 +261,8 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         Y_s = T.sblock_alloc_buffer((K, BV) if delta else (1, 1), odt, scope=smem)  # odt(S), W S's B operand
         WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
         Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
-        Vd_w = T.sblock_alloc_buffer((C, BV), odt, scope=frag)  # decayed, masked values: the update's B operand
+        # decayed, masked values, the update's B operand: stored [value column, row] (see mma_intrins)
+        Vd_w = T.sblock_alloc_buffer((BV, C), odt, scope=frag)
         for kk, j in T.grid(BK, BV):
             with T.sblock("S_init"):
                 vk, vj = T.axis.remap("SS", [kk, j])
@@ -332,10 +333,10 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                                 vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(odt, Vn_s[vi, vj])
             with T.sblock("V_decay_scope"):
                 vc = T.axis.remap("S", [c])
-                for i, j in T.grid(C, BV):
+                for j, i in T.grid(BV, C):
                     with T.sblock("V_decay"):
-                        vi, vj = T.axis.remap("SS", [i, j])
-                        Vd_w[vi, vj] = T.Cast(odt, T.Select(
+                        vj, vi = T.axis.remap("SS", [j, i])
+                        Vd_w[vj, vi] = T.Cast(odt, T.Select(
                             vc * C + vi < seq_len,
                             (Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]))
                             * (T.exp(b_s[C - 1] - b_s[vi]) if gated else one), zero))
@@ -354,7 +355,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         vk, vj, vl = T.axis.remap("SSR", [kk, j, l])
                         with T.init():
                             S_w[vk, vj] = S_w[vk, vj]
-                        S_w[vk, vj] = S_w[vk, vj] + T.Cast(F32, K_s[vl, vk]) * T.Cast(F32, Vd_w[vl, vj])
+                        S_w[vk, vj] = S_w[vk, vj] + T.Cast(F32, K_s[vl, vk]) * T.Cast(F32, Vd_w[vj, vl])
         for kk, j in T.grid(BK, BV):
             with T.sblock("ht_store"):
                 vk, vj = T.axis.remap("SS", [kk, j])
