@@ -261,26 +261,6 @@ def _split_common(sch: Schedule, dtype: str, gemms: dict, nw, elementwise: tuple
             sch.storage_align(sch.get_sblock(name), 0, axis=-2, factor=32, offset=8)
 
 
-def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
-    """Schedule the split form's prep kernel (delta rules): one CTA per (chunk, head); K Kᵀ, Tm (β eᵇ K)
-    and Tm (β V) on tensor cores, the triangular solve one column per thread in registers."""
-    ci, h = sch.get_loops("tile")
-    sch.bind(ci, "blockIdx.x")
-    sch.bind(h, "blockIdx.y")
-    operands = {"A_gemm": ("Ka_s", "K_s", True), "W_gemm": ("Tl_s", "Kb_s", False),
-                "U_gemm": ("Tl_s", "Vb_s", False)}
-    gemms = {name: (_tc_tiles(sch, name), ops) for name, ops in operands.items()}
-    nw = _warps(sch, gemms, variant, tunable)
-    _split_common(sch, dtype, gemms, nw,
-                  ("Ka_load", "K_load", "b_load", "beta_load", "Kb_load", "Vb_load", "W_store", "U_store"),
-                  {"Ka_s": "Ka_load", "K_s": "K_load", "Kb_s": "Kb_load", "Vb_s": "Vb_load", "Tl_s": "T_cast"})
-    _spread(sch, sch.get_loops("L_mask")[-3:-1], nw)
-    _spread(sch, sch.get_loops("T_solve")[-3:-2], nw)  # one column m per thread (see apply_cuda_chunk)
-    i, j = sch.get_loops("T_cast")[-2:]
-    sch.reorder(j, i)
-    _spread(sch, [j], nw)
-
-
 def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False) -> None:
     """A plain global -> shared copy spread over the CTA, 16-byte vectors where every thread count the
     warp knob can take divides the tile (``threads_max``: the largest), unrolled; ldmatrix operands
@@ -319,11 +299,10 @@ class _Fragments:
             self.sch.transform_layout(blk, (kind, index), _imap)
             self.laid_out.add(buf)
 
-    def gemm(self, name: str, *, a: str, b: str, a_t: bool = False, b_nk: bool = False,
-             a_frag: bool = False, b_frag: bool = False) -> None:
+    def gemm(self, name: str, *, a: str, b: str, b_nk: bool = False, a_frag: bool = False) -> None:
         """C[i, j] (+)= Σ_k A · B, warps owning 16-row tiles of C. Operands come from shared memory through
-        ldmatrix (A stored [M, K], or [K, M] with ``a_t``; B stored [K, N], or [N, K] with ``b_nk``) or,
-        with ``a_frag`` / ``b_frag``, are fragment buffers already in registers."""
+        ldmatrix (A stored [M, K]; B stored [K, N], or [N, K] with ``b_nk``); with ``a_frag`` A is a
+        fragment buffer already in registers (an mma takes only its A operand from registers)."""
         sch = self.sch
         blk = sch.get_sblock(name)
         i, j, k = sch.get_loops(blk)[-3:]
@@ -342,8 +321,7 @@ class _Fragments:
         sch.bind(iw, "threadIdx.y")
         sch.reorder(k, j, ii)  # k outermost: one B fragment live at a time
         loads = []
-        for buf, frag, at, intrin in ((a, a_frag, k, "load_a_t" if a_t else "load_a"),
-                                      (b, b_frag, j, "load_b_nk" if b_nk else "load_b_kn")):
+        for buf, frag, at, intrin in ((a, a_frag, k, "load_a"), (b, False, j, "load_b_nk" if b_nk else "load_b_kn")):
             if frag:
                 self._layout(outer, "read", _read_index(sch, outer, buf), buf)
                 continue
@@ -360,16 +338,13 @@ class _Fragments:
         for loop, intrin in loads:
             sch.tensorize(loop, self.intrin[intrin])
         sch.decompose_reduction(outer, k)
-        mma = ("mma_a_t" + ("_b_nk" if b_nk else "")) if a_t else ("mma_b_nk" if b_nk else "mma")
-        sch.tensorize(sch.get_loops(blk)[-3], self.intrin[mma])
+        sch.tensorize(sch.get_loops(blk)[-3], self.intrin["mma_b_nk" if b_nk else "mma"])
         init = sch.get_sblock(f"{name}_init")
         sch.transform_block_layout(init, lambda x, y: fragment_map(x, y))
         sch.bind(sch.get_loops(init)[-2], "threadIdx.x")
 
-    def elementwise(self, name: str, *, buf: str, kind: str = "write", in_place: bool = False,
-                    all_warps: bool = False) -> None:
-        """Map a pass over a fragment buffer ``buf`` onto the lanes that hold it: warps own row tiles, or
-        with ``all_warps`` every warp computes the whole buffer (an operand every warp reads)."""
+    def elementwise(self, name: str, *, buf: str, kind: str = "write", in_place: bool = False) -> None:
+        """Map a pass over a fragment buffer ``buf`` onto the lanes that hold it (warps own row tiles)."""
         sch = self.sch
         blk = sch.get_sblock(name)
         if buf not in self.laid_out:
@@ -380,16 +355,11 @@ class _Fragments:
         else:
             sch.transform_block_layout(blk, _imap)
             a, c, lane, loc = sch.get_loops(blk)[-4:]
-        if all_warps:
-            sch.reorder(lane, a, c, loc)
-            rest = (a, c, loc)
-        else:
-            aw, ai = sch.split(a, [self.nw, None])
-            sch.reorder(aw, lane, ai, c, loc)
-            sch.bind(aw, "threadIdx.y")
-            rest = (ai, c, loc)
+        aw, ai = sch.split(a, [self.nw, None])
+        sch.reorder(aw, lane, ai, c, loc)
+        sch.bind(aw, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
-        for lp in rest:  # register arrays need compile-time indices
+        for lp in (ai, c, loc):  # register arrays need compile-time indices
             sch.unroll(lp)
 
 
@@ -415,6 +385,36 @@ def _pipeline(sch: Schedule, loop, n_loads: int) -> None:
     sch.annotate(loop, "software_pipeline_async_stages", [0])
 
 
+def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule the split form's prep kernel (delta rules): one CTA per (chunk, head); K Kᵀ, the mask,
+    Tm diag(β eᵇ) K and Tm diag(β) V on tensor cores with the products in registers; the triangular
+    solve one column per thread, fully unrolled so the column stays in registers."""
+    ci, h = sch.get_loops("tile")
+    sch.bind(ci, "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    fr = _Fragments(sch, dtype, variant, tunable)
+    fr.gemm("A_gemm", a="Ka_s", b="K_s", b_nk=True)
+    fr.gemm("W_gemm", a="Tk_s", b="K_s")
+    fr.gemm("U_gemm", a="Tv_s", b="V_s")
+    for name in ("Ka_load", "K_load", "V_load", "b_load", "beta_load"):
+        if _has(sch, name):
+            _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name in ("b_load", "beta_load"))
+    fr.elementwise("L_mask", buf="A_w", in_place=True)
+    fr.elementwise("L_store", buf="A_w", kind="read")
+    fr.elementwise("W_store", buf="W_w", kind="read")
+    fr.elementwise("U_store", buf="U_w", kind="read")
+    m, i, l = sch.get_loops("T_solve")[-3:]
+    _spread(sch, [m], fr.nw)
+    sch.unroll(i)
+    sch.unroll(l)
+    _spread(sch, sch.get_loops("T_scale")[-1:], fr.nw)
+    m, i = sch.get_loops("T_cast")[-2:]
+    _spread(sch, [m], fr.nw)
+    sch.unroll(i)
+    for buf in (0, 1):
+        sch.storage_align(sch.get_sblock("T_cast"), buf, axis=-2, factor=32, offset=8)
+
+
 def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule the split form's state kernel: one CTA per (sequence, head, value tile[, key tile]) walks
     the chunks with the fp32 state in registers (warps own 16-row tiles of it); per chunk the tiles of
@@ -427,19 +427,24 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     delta = _has(sch, "WS_gemm")
     c_loop = sch.get_loops("K_load")[-3]
     fr = _Fragments(sch, dtype, variant, tunable)
-    if delta:  # first: W S has the chunk's rows, fewer than the state's (the warp knob divides both)
-        fr.gemm("WS_gemm", a="W_s", b="Y_s")
-    fr.gemm("S_gemm", a="K_s", b="Vd_w", a_t=True, b_nk=True, b_frag=True)
+    # the product with the fewest 16-row tiles first: it samples the warp count, which divides both
+    ws_first = delta and (int(sch.get(sch.get_loops("WS_gemm")[-3]).extent)
+                          < int(sch.get(sch.get_loops("S_gemm")[-3]).extent))
+    if ws_first:
+        fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
+    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True)
+    if delta and not ws_first:
+        fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
     loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
     for name in loads:
         _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name == "b_load")
-    fr.elementwise("V_decay", buf="Vd_w", all_warps=True)
+    fr.elementwise("V_decay", buf="Vd_w")
     for name in ("S_init", "h_store", "ht_store"):
-        fr.elementwise(name, buf="S_w", kind="read" if name != "S_init" else "write")
+        fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
     if _has(sch, "S_decay"):
-        fr.elementwise("S_decay", buf="S_w", in_place=True)
+        fr.elementwise("S_decay", buf="ST_w", in_place=True)
     if delta:
-        fr.elementwise("S_cast", buf="S_w", kind="read")
+        fr.elementwise("S_cast", buf="ST_w", kind="read")
         sch.storage_align(sch.get_sblock("S_cast"), 0, axis=-2, factor=32, offset=8)
         fr.elementwise("Vn_form", buf="WS_w", in_place=True)
         fr.elementwise("Vn_calc", buf="WS_w", kind="read")
@@ -457,7 +462,7 @@ def apply_cuda_chunk_output(sch: Schedule, variant: LinearVariant, dtype: str, *
     sch.bind(h, "blockIdx.y")
     sch.bind(jv, "blockIdx.z")
     fr = _Fragments(sch, dtype, variant, tunable)
-    fr.gemm("OH_gemm", a="Q_s", b="H_s")
+    fr.gemm("OH_gemm", a="Q_s", b="H_s", b_nk=True)
     fr.gemm("A_gemm", a="Q_s", b="K_s", b_nk=True)
     for name in ("Q_load", "K_load", "H_load", "V_load", "b_load"):
         if _has(sch, name):

@@ -83,9 +83,6 @@ _BF16_FROM_F16 = {
     "mma_ldmatrix_bf16_a_dyn": "mma_ldmatrix_f16_a_dyn",
     "mma_ldmatrix_bf16_b_dyn": "mma_ldmatrix_f16_b_dyn",
     "mma_ldmatrix_bf16_b_trans_dyn": "mma_ldmatrix_f16_b_trans_dyn",
-    "mma_bf16bf16f32_trans_a": "mma_f16f16f32_trans_a",
-    "mma_bf16bf16f32_trans_a_trans_b": "mma_f16f16f32_trans_a_trans_b",
-    "mma_ldmatrix_bf16_a_trans_dyn": "mma_ldmatrix_f16_a_trans_dyn",
 }
 _BF16_PREFIX = "tvm_attn_"
 
@@ -115,24 +112,21 @@ def _bf16_script(script: str) -> str:
 def mma_intrins(dtype: str) -> dict[str, str]:
     """Names of the ldmatrix (from ``shared.dyn``) and m16n8k16 mma intrinsics for fp16 or bf16 operands.
 
-    ``_nk``: the B operand is stored [N, K] (Kᵀ in S = Q Kᵀ); ``_kn``: stored [K, N] (V in P V);
-    ``_t``: the A operand is stored [K, M] (Kᵀ in the state update Kᵀ V). A register fragment fed to
-    an mma as its B operand must be laid out [N, K] (``_b_nk``): that is where the hardware keeps B (the
-    [K, N] descriptions hold B transposed, which only their own ldmatrix loads match). Tensorize
+    ``_nk``: the B operand is stored [N, K] (Kᵀ in S = Q Kᵀ); ``_kn``: stored [K, N] (V in P V). Tensorize
     cannot tell the two ldmatrix forms apart (their descriptions match the same copy), so pick by name.
+    A register fragment (an mma result) can feed a later mma as its A operand only: the descriptions' A
+    and C layouts are the hardware's, their B layouts are not (only their own ldmatrix loads match them).
     """
     import_tensor_intrin()
     if dtype == "float16":
         return {"load_a": "mma_ldmatrix_f16_a_dyn", "load_b_kn": "mma_ldmatrix_f16_b_dyn",
-                "load_b_nk": "mma_ldmatrix_f16_b_trans_dyn", "load_a_t": "mma_ldmatrix_f16_a_trans_dyn",
-                "mma": "mma_f16f16f32", "mma_b_nk": "mma_f16f16f32_trans_b", "mma_a_t": "mma_f16f16f32_trans_a",
-                "mma_a_t_b_nk": "mma_f16f16f32_trans_a_trans_b"}
+                "load_b_nk": "mma_ldmatrix_f16_b_trans_dyn",
+                "mma": "mma_f16f16f32", "mma_b_nk": "mma_f16f16f32_trans_b"}
     if dtype == "bfloat16":
         p = _BF16_PREFIX
         return {"load_a": p + "mma_ldmatrix_bf16_a_dyn", "load_b_kn": p + "mma_ldmatrix_bf16_b_dyn",
-                "load_b_nk": p + "mma_ldmatrix_bf16_b_trans_dyn", "load_a_t": p + "mma_ldmatrix_bf16_a_trans_dyn",
-                "mma": p + "mma_bf16bf16f32", "mma_b_nk": p + "mma_bf16bf16f32_trans_b",
-                "mma_a_t": p + "mma_bf16bf16f32_trans_a", "mma_a_t_b_nk": p + "mma_bf16bf16f32_trans_a_trans_b"}
+                "load_b_nk": p + "mma_ldmatrix_bf16_b_trans_dyn",
+                "mma": p + "mma_bf16bf16f32", "mma_b_nk": p + "mma_bf16bf16f32_trans_b"}
     raise ValueError(f"no tensor-core intrinsics for dtype {dtype!r}")
 
 

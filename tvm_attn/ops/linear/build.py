@@ -55,7 +55,7 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
 
         kw = {"chunk_size": spec.chunk, "op_dtype": op_dtype, "smem": scopes.tile, "acc": scopes.acc}
         if spec.part == "prep":
-            return split.prep(st, **kw, solve=scopes.solve)
+            return split.prep(st, **kw, solve=scopes.solve, frag=scopes.frag)
         if spec.part == "state":
             return split.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag)
         return split.output(st, **kw, block_v=block_v, frag=scopes.frag)

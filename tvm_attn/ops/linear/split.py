@@ -35,15 +35,10 @@ from .compute import F32, LinearStatic, _axes, _keep_params
 PARTS = ("prep", "state", "output")
 
 
-def _row(x, bsel, bos, r, seq_len, *cols):
-    """``x`` at row ``r`` of the sequence starting at ``bos``, clamped inside it (always in bounds; the
-    caller masks rows past the end)."""
-    return x[bsel, bos + T.min(r, seq_len - 1), *cols]
-
-
-def _masked_row(x, odt: str, bsel, bos, r, seq_len, *cols):
-    """``_row`` in ``odt``, zero past the sequence's end (the padding rows of a chunk)."""
-    return T.Cast(odt, T.Select(r < seq_len, _row(x, bsel, bos, r, seq_len, *cols), tirx.const(0, x.dtype)))
+def _clamped(bos, r, seq_len):
+    """Row ``r`` of the sequence starting at ``bos``, clamped inside it; an empty sequence reads a row
+    next to it (always in bounds: every use of such a row is masked)."""
+    return T.max(T.min(bos + r, bos + seq_len - 1), 0)
 
 
 def signature(st: LinearStatic, part: str) -> list[str]:
@@ -73,8 +68,15 @@ def _chunk_grid(st: LinearStatic, C: int, QB, Tv, NTt):
 # ------------------------------------------------------------------------------------------------
 
 def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem: str = "global",
-         acc: str = "global", solve: str = "global"):
-    """Build the PrimFunc ``main`` of the delta rules' per-chunk preparation (W, U)."""
+         acc: str = "global", solve: str = "global", frag: str = "global"):
+    """Build the PrimFunc ``main`` of the delta rules' per-chunk preparation (W, U):
+
+        L = strict_tril(diag(β) (K Kᵀ) ⊙ Γ)            (K Kᵀ and the mask in registers, ``frag``)
+        Tm = (I + L)⁻¹                                   (forward substitution, a column per thread)
+        W = odt(Tm diag(β eᵇ)) K,   U = odt(Tm diag(β)) V
+
+    The chunk tiles are plain copies of clamped rows: a row inside the sequence only meets earlier rows
+    (L is strictly lower triangular), and rows past the end are not stored."""
     _check(st)
     assert st.rule == "delta"
     K, V, C, dt = st.key_dim, st.value_dim, chunk_size, st.dtype
@@ -85,108 +87,110 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
     zero = tirx.const(0.0, F32)
     one = tirx.const(1.0, F32)
 
-    def ediff(b_s, i, j):
-        return T.exp(b_s[i] - b_s[j]) if gated else one
-
-    def edec(b_s, i):
-        return T.exp(b_s[i]) if gated else one
-
     @T.macro
     def body(k, v, gc, beta, w, u, bsel, vh, vc, bos, seq_len):
-        Ka_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K, the A operand of K Kᵀ
-        K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K, the B operand
-        Kb_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # β eᵇ ⊙ K
-        Vb_s = T.sblock_alloc_buffer((C, V), odt, scope=smem)  # β ⊙ V
-        Tl_s = T.sblock_alloc_buffer((C, C), odt, scope=smem)
-        A_s = T.sblock_alloc_buffer((C, C), F32, scope=acc)  # K Kᵀ, then L in place
-        Tm_s = T.sblock_alloc_buffer((C, C), F32, scope=solve)
-        W_s = T.sblock_alloc_buffer((C, K), F32, scope=acc)
-        U_s = T.sblock_alloc_buffer((C, V), F32, scope=acc)
+        Ka_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K as an A operand (K Kᵀ)
+        K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K as a B operand (K Kᵀ, Tm K)
+        V_s = T.sblock_alloc_buffer((C, V), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
         beta_s = T.sblock_alloc_buffer((C,), F32, scope=acc)
+        A_w = T.sblock_alloc_buffer((C, C), F32, scope=frag)  # K Kᵀ, then L in place
+        L_s = T.sblock_alloc_buffer((C, C), F32, scope=acc)
+        Tm_s = T.sblock_alloc_buffer((C, C), F32, scope=solve)
+        sc = T.sblock_alloc_buffer((C, 2), F32, scope=solve)  # per column: β eᵇ, β
+        Tk_s = T.sblock_alloc_buffer((C, C), odt, scope=smem)  # Tm diag(β eᵇ)
+        Tv_s = T.sblock_alloc_buffer((C, C), odt, scope=smem)  # Tm diag(β)
+        W_w = T.sblock_alloc_buffer((C, K), F32, scope=frag)
+        U_w = T.sblock_alloc_buffer((C, V), F32, scope=frag)
         for i, kk in T.grid(C, K):
             with T.sblock("Ka_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                Ka_s[vi, vk] = _masked_row(k, odt, bsel, bos, vc * C + vi, seq_len, vh, vk)
+                Ka_s[vi, vk] = k[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
         for i, kk in T.grid(C, K):
             with T.sblock("K_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                K_s[vi, vk] = _masked_row(k, odt, bsel, bos, vc * C + vi, seq_len, vh, vk)
+                K_s[vi, vk] = k[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
+        for i, j in T.grid(C, V):
+            with T.sblock("V_load"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vj]
         if gated:
             for i in T.serial(C):
                 with T.sblock("b_load"):
                     vi = T.axis.remap("S", [i])
-                    b_s[vi] = _row(gc, bsel, bos, vc * C + vi, seq_len, vh)
+                    b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
         for i in T.serial(C):
             with T.sblock("beta_load"):
                 vi = T.axis.remap("S", [i])
-                beta_s[vi] = T.Select(vc * C + vi < seq_len, _row(beta, bsel, bos, vc * C + vi, seq_len, vh), zero)
+                beta_s[vi] = beta[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
         with T.sblock("A_scope"):
             for i, j, kk in T.grid(C, C, K):
                 with T.sblock("A_gemm"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
                     with T.init():
-                        A_s[vi, vj] = zero
-                    A_s[vi, vj] = A_s[vi, vj] + T.Cast(F32, Ka_s[vi, vk]) * T.Cast(F32, K_s[vj, vk])
+                        A_w[vi, vj] = zero
+                    A_w[vi, vj] = A_w[vi, vj] + T.Cast(F32, Ka_s[vi, vk]) * T.Cast(F32, K_s[vj, vk])
         with T.sblock("L_scope"):
             for i, j, r in T.grid(C, C, 1):
                 with T.sblock("L_mask"):  # L over K Kᵀ in place, as an extent-1 reduction (bindable)
                     vi, vj, vr = T.axis.remap("SSR", [i, j, r])
                     with T.init():
-                        A_s[vi, vj] = T.Select(vj < vi, beta_s[vi] * A_s[vi, vj] * ediff(b_s, vi, vj), zero)
-                    A_s[vi, vj] = A_s[vi, vj]
+                        A_w[vi, vj] = T.Select(vj < vi, beta_s[vi] * A_w[vi, vj]
+                                               * (T.exp(b_s[vi] - b_s[vj]) if gated else one), zero)
+                    A_w[vi, vj] = A_w[vi, vj]
+        for i, j in T.grid(C, C):
+            with T.sblock("L_store"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                L_s[vi, vj] = A_w[vi, vj]
         for m, i, l in T.grid(C, C, C):
             with T.sblock("T_solve"):  # Tm = (I + L)⁻¹, column m by forward substitution over rows i
-                vi, vm, vl = T.axis.remap("SSR", [i, m, l])
-                T.reads(A_s[vi, 0:C], Tm_s[0:C, vm])
+                vm, vi, vl = T.axis.remap("SSR", [m, i, l])
+                T.reads(L_s[vi, 0:C], Tm_s[0:C, vm])
                 T.writes(Tm_s[vi, vm])
                 with T.init():
                     Tm_s[vi, vm] = T.Select(vi == vm, one, zero)
-                Tm_s[vi, vm] = Tm_s[vi, vm] - T.Select(vl < vi, A_s[vi, vl] * Tm_s[vl, vm], zero)
-        for i, j in T.grid(C, C):
+                Tm_s[vi, vm] = Tm_s[vi, vm] - T.Select(vl < vi, L_s[vi, vl] * Tm_s[vl, vm], zero)
+        for m in T.serial(C):
+            with T.sblock("T_scale"):  # the column scales in registers: T_cast then reads no shared memory
+                vm = T.axis.remap("S", [m])
+                sc[vm, 0] = beta_s[vm] * (T.exp(b_s[vm]) if gated else one)
+                sc[vm, 1] = beta_s[vm]
+        for m, i in T.grid(C, C):
             with T.sblock("T_cast"):
-                vi, vj = T.axis.remap("SS", [i, j])
-                Tl_s[vi, vj] = T.Cast(odt, Tm_s[vi, vj])
-        for i, kk in T.grid(C, K):
-            with T.sblock("Kb_load"):
-                vi, vk = T.axis.remap("SS", [i, kk])
-                Kb_s[vi, vk] = T.Cast(odt, beta_s[vi] * edec(b_s, vi) * T.Cast(
-                    F32, _row(k, bsel, bos, vc * C + vi, seq_len, vh, vk)))
-        for i, j in T.grid(C, V):
-            with T.sblock("Vb_load"):
-                vi, vj = T.axis.remap("SS", [i, j])
-                Vb_s[vi, vj] = T.Cast(odt, beta_s[vi] * T.Cast(F32, _row(v, bsel, bos, vc * C + vi, seq_len, vh, vj)))
+                vm, vi = T.axis.remap("SS", [m, i])
+                Tk_s[vi, vm] = T.Cast(odt, Tm_s[vi, vm] * sc[vm, 0])
+                Tv_s[vi, vm] = T.Cast(odt, Tm_s[vi, vm] * sc[vm, 1])
         with T.sblock("W_scope"):
             for i, j, l in T.grid(C, K, C):
                 with T.sblock("W_gemm"):
                     vi, vj, vl = T.axis.remap("SSR", [i, j, l])
                     with T.init():
-                        W_s[vi, vj] = zero
-                    W_s[vi, vj] = W_s[vi, vj] + T.Cast(F32, Tl_s[vi, vl]) * T.Cast(F32, Kb_s[vl, vj])
+                        W_w[vi, vj] = zero
+                    W_w[vi, vj] = W_w[vi, vj] + T.Cast(F32, Tk_s[vi, vl]) * T.Cast(F32, K_s[vl, vj])
+        for i, kk in T.grid(C, K):
+            with T.sblock("W_store"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                if vc * C + vi < seq_len:
+                    w[bsel, bos + vc * C + vi, vh, vk] = T.Cast(odt, W_w[vi, vk])
         with T.sblock("U_scope"):
             for i, j, l in T.grid(C, V, C):
                 with T.sblock("U_gemm"):
                     vi, vj, vl = T.axis.remap("SSR", [i, j, l])
                     with T.init():
-                        U_s[vi, vj] = zero
-                    U_s[vi, vj] = U_s[vi, vj] + T.Cast(F32, Tl_s[vi, vl]) * T.Cast(F32, Vb_s[vl, vj])
-        for i, kk in T.grid(C, K):
-            with T.sblock("W_store"):
-                vi, vk = T.axis.remap("SS", [i, kk])
-                if vc * C + vi < seq_len:
-                    w[bsel, bos + vc * C + vi, vh, vk] = T.Cast(odt, W_s[vi, vk])
+                        U_w[vi, vj] = zero
+                    U_w[vi, vj] = U_w[vi, vj] + T.Cast(F32, Tv_s[vi, vl]) * T.Cast(F32, V_s[vl, vj])
         for i, j in T.grid(C, V):
             with T.sblock("U_store"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 if vc * C + vi < seq_len:
-                    u[bsel, bos + vc * C + vi, vh, vj] = T.Cast(odt, U_s[vi, vj])
+                    u[bsel, bos + vc * C + vi, vh, vj] = T.Cast(odt, U_w[vi, vj])
         with T.sblock("keep_alive"):
-            # reads every chunk buffer last, so none is freed early: TVM 0.27's dynamic shared-memory
+            # reads every shared buffer last, so none is freed early: TVM 0.27's dynamic shared-memory
             # planner (MergeSharedMemoryAllocations) re-lays out a reused buffer when it later coalesces
-            # freed blocks, which put A_s (K Kᵀ) on β eᵇ K and Tl_s on β V while both were live (W = 0,
-            # U = Tl on CUDA). Tl_s is dead here; the write only keeps the read from being removed.
-            Tl_s[0, 0] = T.Cast(odt, T.Cast(F32, Ka_s[0, 0]) + T.Cast(F32, K_s[0, 0]) + T.Cast(F32, Kb_s[0, 0])
-                                + T.Cast(F32, Vb_s[0, 0]) + A_s[0, 0] + W_s[0, 0] + U_s[0, 0] + beta_s[0] + (b_s[0] if gated else zero))
+            # freed blocks, which once put two live buffers of this kernel on top of each other (W = 0 on
+            # CUDA). Tk_s is dead here; the write only keeps the read from being removed.
+            Tk_s[0, 0] = T.Cast(odt, T.Cast(F32, Ka_s[0, 0]) + T.Cast(F32, K_s[0, 0]) + T.Cast(F32, V_s[0, 0]) + L_s[0, 0]
+                                + T.Cast(F32, Tv_s[0, 0]) + beta_s[0] + (b_s[0] if gated else zero))
 
     @T.prim_func(s_tir=True)
     def main(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
@@ -216,12 +220,6 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
 # ------------------------------------------------------------------------------------------------
 # state: the chunk recurrence only, per (sequence, head, value tile[, key tile])
 # ------------------------------------------------------------------------------------------------
-
-def _clamped(bos, r, seq_len):
-    """Row ``r`` of the sequence starting at ``bos``, clamped inside it; an empty sequence reads a row
-    next to it (always in bounds: every use of such a row is masked)."""
-    return T.max(T.min(bos + r, bos + seq_len - 1), 0)
-
 
 def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | None = None,
           op_dtype: str | None = None, smem: str = "global", acc: str = "global", frag: str = "global",
@@ -253,20 +251,21 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
 
     @T.macro
     def seq(k, v, w, u, gc, h0, h, vn, ht, bsel, vn_, vh, vv, vk0, bos, seq_len, cbase):
-        S_w = T.sblock_alloc_buffer((BK, BV), F32, scope=frag)  # the state's (key tile, value tile)
+        # the state's (key tile, value tile), transposed: Sᵀ = Vdᵀ K has the register operand Vdᵀ as its A
+        # operand (the only operand an mma takes from registers, see _tvm.mma_intrins)
+        ST_w = T.sblock_alloc_buffer((BV, BK), F32, scope=frag)
         K_s = T.sblock_alloc_buffer((C, BK), odt, scope=smem)
         V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)  # V (add) or U (delta)
         W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
-        Y_s = T.sblock_alloc_buffer((K, BV) if delta else (1, 1), odt, scope=smem)  # odt(S), W S's B operand
+        Y_s = T.sblock_alloc_buffer((BV, K) if delta else (1, 1), odt, scope=smem)  # odt(Sᵀ), W S's B operand
         WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
         Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
-        # decayed, masked values, the update's B operand: stored [value column, row] (see mma_intrins)
-        Vd_w = T.sblock_alloc_buffer((BV, C), odt, scope=frag)
-        for kk, j in T.grid(BK, BV):
+        Vd_w = T.sblock_alloc_buffer((BV, C), odt, scope=frag)  # decayed, masked values, transposed
+        for j, kk in T.grid(BV, BK):
             with T.sblock("S_init"):
-                vk, vj = T.axis.remap("SS", [kk, j])
-                S_w[vk, vj] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
+                vj, vk = T.axis.remap("SS", [j, kk])
+                ST_w[vj, vk] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
         n_c: T.let = T.ceildiv(seq_len, C)  # a bound var: the pipeline pass compares it symbolically
         for c in T.serial(T.max(n_c, min_chunks)):
             for i, kk in T.grid(C, BK):
@@ -292,24 +291,24 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
             with T.sblock("h_store_scope"):  # the chunk index bound by a scope block: the inner block keeps
                 vc = T.axis.remap("S", [c])  # only its data axes (the fragment layout maps them)
-                for kk, j in T.grid(BK, BV):
+                for j, kk in T.grid(BV, BK):
                     with T.sblock("h_store"):
-                        vk, vj = T.axis.remap("SS", [kk, j])
+                        vj, vk = T.axis.remap("SS", [j, kk])
                         if vc < n_c:
-                            h[cbase + vc, vh, vk0 * BK + vk, vv * BV + vj] = T.Cast(odt, S_w[vk, vj])
+                            h[cbase + vc, vh, vv * BV + vj, vk0 * BK + vk] = T.Cast(odt, ST_w[vj, vk])
             if delta:
                 with T.sblock("S_cast_scope"):  # (scope blocks: the fragment layout maps a block's own loops)
-                    for kk, j in T.grid(K, BV):
+                    for j, kk in T.grid(BV, K):
                         with T.sblock("S_cast"):
-                            vk, vj = T.axis.remap("SS", [kk, j])
-                            Y_s[vk, vj] = T.Cast(odt, S_w[vk, vj])
+                            vj, vk = T.axis.remap("SS", [j, kk])
+                            Y_s[vj, vk] = T.Cast(odt, ST_w[vj, vk])
                 with T.sblock("WS_scope"):
                     for i, j, kk in T.grid(C, BV, K):
                         with T.sblock("WS_gemm"):
                             vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
                             with T.init():
                                 WS_w[vi, vj] = zero
-                            WS_w[vi, vj] = WS_w[vi, vj] + T.Cast(F32, W_s[vi, vk]) * T.Cast(F32, Y_s[vk, vj])
+                            WS_w[vi, vj] = WS_w[vi, vj] + T.Cast(F32, W_s[vi, vk]) * T.Cast(F32, Y_s[vj, vk])
                 # V' = U − W S in the registers, then to shared memory: a pass that read and wrote shared
                 # memory would get a barrier per element (TVM pools the shared buffers before placing them)
                 with T.sblock("Vn_form_scope"):
@@ -343,23 +342,23 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
             if gated:
                 with T.sblock("S_decay_scope"):
                     vc = T.axis.remap("S", [c])
-                    for kk, j, r in T.grid(BK, BV, 1):
+                    for j, kk, r in T.grid(BV, BK, 1):
                         with T.sblock("S_decay"):  # in place, written as an extent-1 reduction (bindable)
-                            vk, vj, vr = T.axis.remap("SSR", [kk, j, r])
+                            vj, vk, vr = T.axis.remap("SSR", [j, kk, r])
                             with T.init():
-                                S_w[vk, vj] = S_w[vk, vj] * T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
-                            S_w[vk, vj] = S_w[vk, vj]
+                                ST_w[vj, vk] = ST_w[vj, vk] * T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
+                            ST_w[vj, vk] = ST_w[vj, vk]
             with T.sblock("S_scope"):
-                for kk, j, l in T.grid(BK, BV, C):
-                    with T.sblock("S_gemm"):  # S += Kᵀ Vd, accumulated onto the state
-                        vk, vj, vl = T.axis.remap("SSR", [kk, j, l])
+                for j, kk, l in T.grid(BV, BK, C):
+                    with T.sblock("S_gemm"):  # Sᵀ += Vdᵀ K, accumulated onto the state
+                        vj, vk, vl = T.axis.remap("SSR", [j, kk, l])
                         with T.init():
-                            S_w[vk, vj] = S_w[vk, vj]
-                        S_w[vk, vj] = S_w[vk, vj] + T.Cast(F32, K_s[vl, vk]) * T.Cast(F32, Vd_w[vj, vl])
-        for kk, j in T.grid(BK, BV):
+                            ST_w[vj, vk] = ST_w[vj, vk]
+                        ST_w[vj, vk] = ST_w[vj, vk] + T.Cast(F32, Vd_w[vj, vl]) * T.Cast(F32, K_s[vl, vk])
+        for j, kk in T.grid(BV, BK):
             with T.sblock("ht_store"):
-                vk, vj = T.axis.remap("SS", [kk, j])
-                ht[vn_, vh, vk0 * BK + vk, vv * BV + vj] = S_w[vk, vj]
+                vj, vk = T.axis.remap("SS", [j, kk])
+                ht[vn_, vh, vk0 * BK + vk, vv * BV + vj] = ST_w[vj, vk]
 
     @T.prim_func(s_tir=True)
     def main(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
@@ -367,7 +366,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
              gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), h0: T.Buffer((NS, Hv, K, V), F32),
              cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
              chunk_offsets: T.Buffer((NCv,) if varlen else (1,), "int32"),
-             h: T.Buffer((NTt, Hv, K, V), odt), vn: T.Buffer((QB, Tv, Hv, V) if delta else (1,), odt),
+             h: T.Buffer((NTt, Hv, V, K), odt), vn: T.Buffer((QB, Tv, Hv, V) if delta else (1,), odt),
              ht: T.Buffer((NS, Hv, K, V), F32)):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         for n, hh, jv, jk in T.grid(NS, Hv, V // BV, K // BK):
@@ -377,7 +376,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                           + ([w[0:QB, 0:Tv, vh, 0:K], u[0:QB, 0:Tv, vh, 0:V]] if delta else [v[0:QB, 0:Tv, vh, 0:V]])
                           + ([gc[0:QB, 0:Tv, vh]] if gated else [])
                           + ([cu_seqlens[0:NCv], chunk_offsets[0:NCv]] if varlen else [])))
-                T.writes(*([h[0:NTt, vh, 0:K, 0:V], ht[vn_, vh, 0:K, 0:V]]
+                T.writes(*([h[0:NTt, vh, 0:V, 0:K], ht[vn_, vh, 0:K, 0:V]]
                            + ([vn[0:QB, 0:Tv, vh, 0:V]] if delta else [])))
                 if varlen:
                     bos: T.let = cu_seqlens[vn_]
@@ -415,7 +414,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     def body(q, k, v, vn, gc, h, o, scale, bsel, vh, vv, vc, bos, seq_len, cidx):
         Q_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
         K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
-        H_s = T.sblock_alloc_buffer((K, BV), odt, scope=smem)
+        H_s = T.sblock_alloc_buffer((BV, K), odt, scope=smem)  # h[c]ᵀ
         V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
         O_w = T.sblock_alloc_buffer((C, BV), F32, scope=frag)
@@ -429,10 +428,10 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
             with T.sblock("K_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
                 K_s[vi, vk] = k[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
-        for kk, j in T.grid(K, BV):
+        for j, kk in T.grid(BV, K):
             with T.sblock("H_load"):
-                vk, vj = T.axis.remap("SS", [kk, j])
-                H_s[vk, vj] = h[cidx, vh, vk, vv * BV + vj]
+                vj, vk = T.axis.remap("SS", [j, kk])
+                H_s[vj, vk] = h[cidx, vh, vv * BV + vj, vk]
         for i, j in T.grid(C, BV):
             with T.sblock("V_load"):
                 vi, vj = T.axis.remap("SS", [i, j])
@@ -451,7 +450,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
                     with T.init():
                         O_w[vi, vj] = zero
-                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, Q_s[vi, vk]) * T.Cast(F32, H_s[vk, vj])
+                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, Q_s[vi, vk]) * T.Cast(F32, H_s[vj, vk])
         if gated:
             with T.sblock("O_decay_scope"):
                 for i, j, r in T.grid(C, BV, 1):
@@ -490,7 +489,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     @T.prim_func(s_tir=True)
     def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
              v: T.Buffer((QB, Tv, Hv, V), dt), vn: T.Buffer((QB, Tv, Hv, V), odt),
-             gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), h: T.Buffer((NTt, Hv, K, V), odt),
+             gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), h: T.Buffer((NTt, Hv, V, K), odt),
              cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
              chunk_indices: T.Buffer((NTt, 2) if varlen else (1, 2), "int32"),
              o: T.Buffer((QB, Tv, Hv, V), dt), scale: T.float32):
@@ -498,7 +497,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         for ci, hh, jv in T.grid(_chunk_grid(st, C, QB, Tv, NTt), Hv, V // BV):
             with T.sblock("tile"):
                 vci, vh, vv = T.axis.remap("SSS", [ci, hh, jv])
-                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K], h[0:NTt, vh, 0:K, 0:V]]
+                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K], h[0:NTt, vh, 0:V, 0:K]]
                           + ([vn[0:QB, 0:Tv, vh, 0:V]] if delta else [v[0:QB, 0:Tv, vh, 0:V]])
                           + ([gc[0:QB, 0:Tv, vh]] if gated else [])
                           + ([cu_seqlens[0:NCv], chunk_indices[vci, 0:2]] if varlen else [])))

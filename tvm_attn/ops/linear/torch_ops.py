@@ -77,7 +77,7 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                     final_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk form of ``op`` (one of ``SPLIT_OPS``) as the kernels of ``split.py`` launched in
     sequence: prep (delta rules), state, output. Scratch in the operand dtype (fp32 on the CPU):
-    per-chunk states h [chunks, H, K, V], and for the delta rules W, U and V' shaped like k / v."""
+    per-chunk states h [chunks, H, V, K] (transposed), and for the delta rules W, U and V' shaped like k / v."""
     gate, rule = OP_KINDS[op]
     b, t, h, kd = q.shape
     vd = v.shape[-1]
@@ -96,7 +96,7 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
           else initial_state.float().contiguous())
     ht = torch.empty((n, h, kd, vd), dtype=torch.float32, device=dev) if final_state is None else final_state
     o = torch.empty(v.shape, dtype=q.dtype, device=dev) if out is None else out
-    hs = torch.empty((n_chunks, h, kd, vd), dtype=sdt, device=dev)
+    hs = torch.empty((n_chunks, h, vd, kd), dtype=sdt, device=dev)  # each chunk's incoming state, transposed
     if rule == "delta":
         w = torch.empty(k.shape, dtype=sdt, device=dev)
         u = torch.empty(v.shape, dtype=sdt, device=dev)
