@@ -89,8 +89,8 @@ DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
 # add rule only (the delta rule's W S needs every key row)
 DEFAULT_SPLIT_VARIANTS = {
     "prep": LinearVariant(block_v=0, warps=4, unroll=0),
-    "state": LinearVariant(block_v=32, warps=4, unroll=0, block_k=64, stages=1),
-    "output": LinearVariant(block_v=64, warps=4, unroll=0),
+    "state": LinearVariant(block_v=32, warps=4, unroll=0, block_k=64, stages=2),
+    "output": LinearVariant(block_v=128, warps=4, unroll=0),
 }
 UNROLL_CHOICES = (0, 16, 64)
 
@@ -376,11 +376,11 @@ def _pipeline_statements(stmt) -> int:
     return 1
 
 
-def _pipeline(sch: Schedule, loop, n_loads: int) -> None:
-    """Two-stage software pipeline over ``loop``: its first ``n_loads`` statements (plain copies into
-    shared memory) run one iteration ahead as cp.async, the rest at stage 1."""
+def _pipeline(sch: Schedule, loop, n_loads: int, stages: int) -> None:
+    """Software pipeline over ``loop``: its first ``n_loads`` statements (plain copies into shared
+    memory) run ``stages`` iterations ahead as cp.async (the loop must run at least ``stages`` times)."""
     n = _pipeline_statements(sch.get(loop).body)
-    sch.annotate(loop, "software_pipeline_stage", [0] * n_loads + [1] * (n - n_loads))
+    sch.annotate(loop, "software_pipeline_stage", [0] * n_loads + [stages] * (n - n_loads))
     sch.annotate(loop, "software_pipeline_order", list(range(n)))
     sch.annotate(loop, "software_pipeline_async_stages", [0])
 
@@ -450,7 +450,7 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
         fr.elementwise("Vn_calc", buf="WS_w", kind="read")
         _spread(sch, sch.get_loops("vn_store")[-2:], fr.nw)
     if variant.stages:
-        _pipeline(sch, c_loop, len(loads))
+        _pipeline(sch, c_loop, len(loads), variant.stages)
 
 
 def apply_cuda_chunk_output(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:

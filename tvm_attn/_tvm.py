@@ -147,7 +147,36 @@ _LWM_ORIG = tirx.transform.LowerWarpMemory
 
 
 def _lower_warp_memory_repeated() -> tvm.transform.Pass:
-    return tvm.transform.Sequential([_LWM_ORIG() for _ in range(32)], name="LowerWarpMemoryRepeated")
+    return tvm.transform.Sequential([*(_LWM_ORIG() for _ in range(32)), _unroll_async_waits()],
+                                    name="LowerWarpMemoryRepeated")
+
+
+# A software pipeline of 2+ asynchronous stages drains in a loop whose cp.async wait counts depend on the
+# loop variable, and CUDA codegen needs them constant. Unrolling explicitly before the warp-memory pass
+# breaks that pass (it cannot lower the constant-folded lane indices), so where such a wait exists the
+# module's constant loops are unrolled here, after it (in the same slot of the pipeline).
+def _has_variable_async_wait(mod) -> bool:
+    found = []
+
+    def visit(n):
+        if isinstance(n, tirx.AttrStmt) and n.attr_key == "async_wait_inflight_count" \
+                and not isinstance(n.value, tirx.IntImm):
+            found.append(n)
+
+    tvm_ffi.structural_walk(mod, [(object, visit)], order="pre")
+    return bool(found)
+
+
+def _unroll_async_waits() -> tvm.transform.Pass:
+    def run(mod, ctx):
+        if not _has_variable_async_wait(mod):
+            return mod
+        cfg = {**ctx.config, "tirx.UnrollLoop": {"auto_max_step": 1 << 20, "auto_max_depth": 64,
+                                                  "explicit_unroll": True}}
+        with tvm.transform.PassContext(opt_level=ctx.opt_level, config=cfg):
+            return tvm.transform.Sequential([tirx.transform.UnrollLoop(), tirx.transform.StmtSimplify()])(mod)
+
+    return tvm.transform.module_pass(run, opt_level=0, name="UnrollAsyncWaits")
 
 
 def _patch_lower_warp_memory() -> None:

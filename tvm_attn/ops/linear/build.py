@@ -45,8 +45,10 @@ class LinearSpec:
 CPU_PARALLEL_BLOCK = 64
 
 
-def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, block_k: int | None = None):
-    """The unscheduled PrimFunc of ``spec`` (``block_k``: the key tile of a split state kernel)."""
+def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, block_k: int | None = None,
+              stages: int = 0):
+    """The unscheduled PrimFunc of ``spec`` (``block_k``, ``stages``: the key tile and the pipeline depth
+    of a split state kernel)."""
     from . import compute
 
     st = spec.static
@@ -57,7 +59,8 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
         if spec.part == "prep":
             return split.prep(st, **kw, solve=scopes.solve, frag=scopes.frag)
         if spec.part == "state":
-            return split.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag)
+            return split.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag,
+                               min_chunks=max(stages, 1))
         return split.output(st, **kw, block_v=block_v, frag=scopes.frag)
     if spec.form == "recurrent":
         return compute.recurrent(st, block_v=block_v, mini_batch=max(spec.chunk, 1), scopes=scopes)

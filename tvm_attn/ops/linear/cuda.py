@@ -42,7 +42,7 @@ def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
         # the state and the products of the state and output kernels in mma register fragments
         scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", frag="warp")
         sch = _tvm.Schedule(make_func(spec, block_v=min(variant.block_v, spec.value_dim), op_dtype=None, scopes=scopes,
-                                      block_k=split_block_k(spec, variant)))
+                                      block_k=split_block_k(spec, variant), stages=variant.stages))
         sched.apply_cuda_chunk_part(sch, spec.part, variant, spec.dtype, tunable=tunable)
         return sch
     variant = variant or sched.DEFAULT_CHUNK_VARIANT
@@ -78,11 +78,14 @@ def build_cuda(spec: LinearSpec, arch: str = "sm_90a", variant=None):
     return ex
 
 
-def cuda_plan(spec: LinearSpec, arch: str) -> Plan:
+def _default_variant(spec: LinearSpec):
     from ...schedules import linear as sched
 
     if spec.part:
-        variant = sched.DEFAULT_SPLIT_VARIANTS[spec.part]
-    else:
-        variant = sched.DEFAULT_RECURRENT_VARIANT if spec.form == "recurrent" else sched.DEFAULT_CHUNK_VARIANT
+        return sched.DEFAULT_SPLIT_VARIANTS[spec.part]
+    return sched.DEFAULT_RECURRENT_VARIANT if spec.form == "recurrent" else sched.DEFAULT_CHUNK_VARIANT
+
+
+def cuda_plan(spec: LinearSpec, arch: str) -> Plan:
+    variant = _default_variant(spec)
     return Plan(f"default_{variant.key}", lambda: build_cuda(spec, arch, variant))
