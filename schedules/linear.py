@@ -438,8 +438,6 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
     for name in loads:
         _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name == "b_load")
-    if _has(sch, "d_calc"):
-        _spread(sch, sch.get_loops("d_calc")[-1:], fr.nw)
     fr.elementwise("V_decay", buf="Vd_w")
     for name in ("S_init", "h_store", "ht_store"):
         fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")

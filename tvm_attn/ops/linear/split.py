@@ -258,7 +258,6 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)  # V (add) or U (delta)
         W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
-        d_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)  # the rows' decays to the chunk end
         Y_s = T.sblock_alloc_buffer((BV, K) if delta else (1, 1), odt, scope=smem)  # odt(Sᵀ), W S's B operand
         WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
         Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
@@ -331,23 +330,15 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                             vi, vj = T.axis.remap("SS", [i, j])
                             if vc * C + vi < seq_len:
                                 vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(odt, Vn_s[vi, vj])
-            if gated:  # once per row, not per element of the fragments
-                with T.sblock("d_calc_scope"):
-                    vc = T.axis.remap("S", [c])
-                    for i in T.serial(C):
-                        with T.sblock("d_calc"):
-                            vi = T.axis.remap("S", [i])
-                            d_s[vi] = T.Select(vc * C + vi < seq_len, T.exp(b_s[C - 1] - b_s[vi]), zero)
             with T.sblock("V_decay_scope"):
                 vc = T.axis.remap("S", [c])
                 for j, i in T.grid(BV, C):
                     with T.sblock("V_decay"):
                         vj, vi = T.axis.remap("SS", [j, i])
-                        if gated:
-                            Vd_w[vj, vi] = T.Cast(odt, (Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj])) * d_s[vi])
-                        else:
-                            Vd_w[vj, vi] = T.Cast(odt, T.Select(
-                                vc * C + vi < seq_len, Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]), zero))
+                        Vd_w[vj, vi] = T.Cast(odt, T.Select(
+                            vc * C + vi < seq_len,
+                            (Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]))
+                            * (T.exp(b_s[C - 1] - b_s[vi]) if gated else one), zero))
             if gated:
                 with T.sblock("S_decay_scope"):
                     vc = T.axis.remap("S", [c])
