@@ -86,12 +86,19 @@ class LinearVariant:
 DEFAULT_CHUNK_VARIANT = LinearVariant(block_v=32, warps=4, unroll=16)
 DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
 # the split chunk form (``ops/linear/split.py``), per kernel; the state kernel's key tile applies to the
-# add rule only (the delta rule's W S needs every key row)
+# add rule only (the delta rule's W S needs every key row). Picked from the variants timed on an H200
+# (bf16, K = V = 128, T = 32768, bench/results/h200 and the closing note of issue 6).
 DEFAULT_SPLIT_VARIANTS = {
     "prep": LinearVariant(block_v=0, warps=4, unroll=0),
-    "state": LinearVariant(block_v=32, warps=4, unroll=0, block_k=64, stages=2),
+    "state": LinearVariant(block_v=32, warps=4, unroll=0, block_k=64, stages=2),  # add rule
+    "state_delta": LinearVariant(block_v=16, warps=4, unroll=0, stages=2),
     "output": LinearVariant(block_v=128, warps=4, unroll=0),
 }
+
+
+def default_split_variant(part: str, rule: str) -> LinearVariant:
+    """The default variant of one split kernel (``part``) for an op's state rule (``add`` / ``delta``)."""
+    return DEFAULT_SPLIT_VARIANTS["state_delta" if part == "state" and rule == "delta" else part]
 UNROLL_CHOICES = (0, 16, 64)
 
 # element-wise blocks of the chunk form: name -> number of trailing loops spread over the CTA's threads
