@@ -1,7 +1,6 @@
 """Markdown table and PNG (ratio bars) of a benchmark JSON; the README's performance section."""
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 from pathlib import Path
@@ -96,19 +95,23 @@ def render(json_path: Path) -> tuple[Path, Path]:
 
 
 def update_readme(results_dir: Path = REPO / "bench" / "results", readme: Path = REPO / "README.md") -> None:
-    """Rewrite the README's performance section from the newest GPU session of each card (the runs
-    within two hours of the newest one: a session often splits the shapes over several calls)."""
+    """Rewrite the README's performance section: per card, each op's rows from the newest run that
+    measured that op (sessions measure different ops; an op's older runs stay in the results folder)."""
     parts = []
     for card in sorted(p for p in results_dir.iterdir() if p.is_dir() and p.name != "cpu"):
-        runs = sorted(card.glob("bench-*.json"))
+        runs = sorted(card.glob("bench-*.json"))  # names sort by their time stamp
         if not runs:
             continue
-        stamp = lambda p: _dt.datetime.strptime(p.stem.removeprefix("bench-"), "%Y%m%dT%H%M%S")
-        newest = stamp(runs[-1])
+        loaded = {run: json.loads(run.read_text()) for run in runs}
+        newest = {row["op"]: run for run in runs for row in loaded[run]["rows"]}  # the last run wins
         parts.append(f"### {card.name}\n")
-        for run in (r for r in runs if newest - stamp(r) < _dt.timedelta(hours=2)):
+        for run in runs:
+            ops = {op for op, r in newest.items() if r == run}
+            if not ops:
+                continue
             rel = run.relative_to(readme.parent)
-            parts.append(f"From `{rel}` ([plot]({rel.with_suffix('.png')})):\n\n" + markdown(json.loads(run.read_text())))
+            result = dict(loaded[run], rows=[row for row in loaded[run]["rows"] if row["op"] in ops])
+            parts.append(f"From `{rel}` ([plot]({rel.with_suffix('.png')})):\n\n" + markdown(result))
     text = readme.read_text()
     body = "\n".join(parts) or "No GPU run recorded yet.\n"
     new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END),

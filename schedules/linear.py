@@ -17,12 +17,16 @@ CUDA:
   product), and the unroll depth of the chunk loop (``sample_categorical``); the value tile is a
   compute-level variant, its own task, as in flash.
 * the split chunk form (``apply_cuda_chunk_part``; ``ops/linear/split.py``, the CUDA chunk path of
-  linear_attention, simple_gla, delta_rule, gated_delta_rule): prep (one CTA per (chunk, head): K Kᵀ,
-  Tm·(βeᵇK), Tm·(βV) on tensor cores, the solve one column per thread), state (one CTA per (sequence,
-  head, value tile[, key tile]) walks the chunks: W·S and (K ⊙ decay)ᵀ·V on tensor cores, the fp32 state
-  in shared memory; knobs: warps, chunk-loop unroll), output (one CTA per (chunk, head, value tile):
-  Q Kᵀ and [eᵇQ | P]·[h; V] on tensor cores). Tiles are compute-level variants
-  (``DEFAULT_SPLIT_VARIANTS``); warps are a ``sample_perfect_tile`` knob in each.
+  linear_attention, simple_gla, delta_rule, gated_delta_rule), built like the flash kernel: chunk tiles
+  copied into shared memory as 16-byte vectors, every matrix product on ``mma.sync`` with its result in
+  registers (``_Fragments``), element-wise steps on the fragments in place, lane by lane. prep (one CTA
+  per (chunk, head)): K Kᵀ and its mask in registers, the solve one column per thread fully unrolled
+  (the column in registers), Tm diag(β eᵇ)·K and Tm diag(β)·V; state (one CTA per (sequence, head,
+  value tile[, key tile])): the transposed state in registers for the whole chunk loop, the next
+  chunks' tiles fetched by cp.async while this one computes (a software pipeline of ``stages``), W·S
+  (delta) and Vdᵀ·K on tensor cores; output (one CTA per (chunk, head, value tile)): Q·h, Q Kᵀ and
+  P·V, P passed to the last product in registers. Tiles and the pipeline depth are compute-level
+  variants (``DEFAULT_SPLIT_VARIANTS``); the warp count is a ``sample_perfect_tile`` knob in each.
 * parallel forms (``apply_cuda_parallel``): one CTA per (sequence, head, value tile, query tile); Q Kᵀ
   and P V of each key tile on tensor cores.
 * recurrent forms (``apply_cuda_recurrent``): CUDA cores; one thread per state column, the column of
@@ -240,32 +244,6 @@ def apply_cuda_chunk(sch: Schedule, variant: LinearVariant, dtype: str, *, chunk
     unroll = sch.sample_categorical(list(UNROLL_CHOICES), [1 / len(UNROLL_CHOICES)] * len(UNROLL_CHOICES),
                                     decision=None if tunable else UNROLL_CHOICES.index(variant.unroll))
     sch.annotate(sch.get_loops("chunk")[0], "pragma_auto_unroll_max_step", unroll)
-
-
-def _warps(sch: Schedule, gemms: dict, variant: LinearVariant, tunable: bool):
-    """The warp-count knob: a perfect tiling of the 16-row tiles of the matmul with the fewest (warps
-    own row tiles of every matmul; the counts are powers of two, so the tiling divides them all)."""
-    rows = {name: int(sch.get(tiles_of[1]).extent) for name, (tiles_of, _) in gemms.items()}
-    smallest = min(rows, key=rows.get)
-    tiles = rows[smallest]
-    warps = min(variant.warps, tiles)
-    nw, _ = sch.sample_perfect_tile(gemms[smallest][0][1], n=2, max_innermost_factor=tiles,
-                                    decision=None if tunable else [warps, tiles // warps])
-    return nw
-
-
-def _split_common(sch: Schedule, dtype: str, gemms: dict, nw, elementwise: tuple, aligned: dict) -> None:
-    """Tensor-core matmuls, element-wise blocks spread over the CTA, ldmatrix operands padded."""
-    intrin = dict(mma_intrins(dtype), store_f32="mma_store_16x16_f32_shared_dyn_simple_")
-    for name, (tiles_of, operands) in gemms.items():
-        _tc_gemm(sch, name, tiles_of, *operands, nw, intrin)
-    for name in elementwise:
-        if _has(sch, name):
-            n_loops = 1 if name in ("b_load", "beta_load") else 2
-            _spread(sch, sch.get_loops(name)[-n_loops:], nw)
-    for buf, name in aligned.items():
-        if _has(sch, name) and sch.get(sch.get_sblock(name)).writes[0].source.name == buf:
-            sch.storage_align(sch.get_sblock(name), 0, axis=-2, factor=32, offset=8)
 
 
 def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False) -> None:

@@ -84,6 +84,29 @@ def test_readme_section_is_generated(tmp_path):
     assert "old" not in text and "### h100" in text and text.startswith("head") and text.endswith("tail\n")
 
 
+def test_readme_shows_each_ops_newest_run(tmp_path):
+    results = tmp_path / "results" / "h200"
+    results.mkdir(parents=True)
+    prov = {"card": {"name": "Card", "key": "h200"}, "device": "cuda", "date": "d", "torch": "t", "tvm": "v",
+            "git": "g"}
+
+    def row(op, ms):
+        return {"op": op, "shape": {"B": 1, "T": 64}, "dtype": "bfloat16", "flops": 1, "bytes": 1, "check": {"ok": True},
+                "ours_s": ms / 1e3, "baselines": {}}
+
+    runs = {"bench-20260101T000000.json": [row("flash_fwd", 1.5), row("simple_gla", 9.0)],
+            "bench-20260102T000000.json": [row("simple_gla", 1.25)]}
+    for name, rows in runs.items():
+        (results / name).write_text(json.dumps({"provenance": prov, "ceilings": {}, "rows": rows}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.README_START}\n{report.README_END}\n")
+    report.update_readme(tmp_path / "results", readme)
+    text = readme.read_text()
+    # flash_fwd from the older run (its newest), simple_gla only from the newer one
+    assert "bench-20260101T000000.json" in text and "bench-20260102T000000.json" in text
+    assert "| flash_fwd |" in text and "1.250" in text and "9.000" not in text
+
+
 def test_demo_command_checks_every_op():
     r = subprocess.run([sys.executable, "-m", "tvm_attn.cli", "demo", "--device", "cpu"], capture_output=True,
                        text=True, timeout=1800)

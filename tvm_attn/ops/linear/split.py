@@ -3,29 +3,37 @@ chunk forward), for the scalar-gated and ungated ops: ``linear_attention``, ``si
 ``delta_rule``, ``gated_delta_rule``.
 
     prep    (delta rules) one tile per (chunk, head), all chunks in parallel:
-            Tm = (I + strict_tril(diag(β) (K Kᵀ) ⊙ Γ))⁻¹,  W = Tm (β eᵇ ⊙ K),  U = Tm (β ⊙ V)
+                L = strict_tril(diag(β) (K Kᵀ) ⊙ Γ),  Tm = (I + L)⁻¹
+                W = odt(Tm diag(β eᵇ)) K,  U = odt(Tm diag(β)) V
     state   one tile per (sequence, head, value tile[, key tile for the add rule]) walks the chunks in
             order doing only the state recurrence; stores each chunk's incoming state h[c]:
-                add:    S' = e^{b_C} S + (K ⊙ e^{b_C − b})ᵀ V
-                delta:  V' = U − W S   (stored: the output kernel's values)
-                        S' = e^{b_C} S + (K ⊙ e^{b_C − b})ᵀ V'
+                add:    S' = e^{b_C} S + Kᵀ (V ⊙ e^{b_C − b})
+                delta:  V' = U − W odt(S)   (stored: the output kernel's values)
+                        S' = e^{b_C} S + Kᵀ (V' ⊙ e^{b_C − b})
     output  one tile per (chunk, head, value tile), all in parallel:
-                O = scale · ([eᵇ ⊙ Q | (Q Kᵀ) ⊙ Γ] [h[c]; V or V'])
+                O = scale · (eᵇ ⊙ (Q h[c]) + odt((Q Kᵀ) ⊙ Γ) (V or V'))
 
 ``b`` is the chunk-local cumulative log decay (``gc``, fp32, computed by the caller: the sum of g from
 the chunk's first row to row i), ``b_C`` its value at the chunk's last row (rows past a sequence's end
 repeat the last valid row's value), Γ[i, j] = exp(b_i − b_j) for j ≤ i and 0 above. The math is the
 single-kernel chunk form's (``compute.chunk``), reassociated.
 
-Scratch (allocated by the caller, in the operand dtype ``odt``): ``w`` [B, T, H, K] and ``u``
-[B, T, H, V] (prep → state), ``vn`` [B, T, H, V] (V', state → output), ``h`` [NTt, H, K, V] (state →
-output; chunk c of sequence n is row ``n · ceil(T / C) + c`` when dense, ``chunk_offsets[n] + c`` when
-varlen). Varlen kernels walk a per-sequence chunk index space: ``chunk_offsets`` [N + 1] (state) and
-``chunk_indices`` [NTt, 2] = (sequence, chunk of the sequence) (prep, output), computed by the caller.
+On CUDA every matrix product keeps its result in registers (``frag``, mma fragments) and the state
+stays in registers across the whole chunk loop; the state kernel is written for Sᵀ (= Vdᵀ K), so the
+operand computed in registers (the decayed values) is the mma's A operand, the only one an mma takes
+from registers (``_tvm.mma_intrins``).
 
-Every row read is clamped into its own sequence (``bos + min(row, len − 1)``) and rows past the end
-are zeroed where they are operands, so scratch rows past a sequence's end are never read as data; no
-kernel writes past a sequence's end.
+Scratch (allocated by the caller, in the operand dtype ``odt``): ``w`` [B, T, H, K] and ``u``
+[B, T, H, V] (prep → state), ``vn`` [B, T, H, V] (V', state → output), ``h`` [NTt, H, V, K] (each
+chunk's incoming state, transposed; state → output; chunk c of sequence n is row ``n · ceil(T / C) + c``
+when dense, ``chunk_offsets[n] + c`` when varlen). Varlen kernels walk a per-sequence chunk index space:
+``chunk_offsets`` [N + 1] (state) and ``chunk_indices`` [NTt, 2] = (sequence, chunk of the sequence)
+(prep, output), computed by the caller.
+
+Chunk tiles are plain copies of rows clamped into their own sequence (``_clamped``; so CUDA stages them
+with 16-byte cp.async copies): the rows past a sequence's end are masked where they would matter (the
+decay factor of the state update is 0 for them; Γ and L are 0 above the diagonal, so a row inside the
+sequence never meets them) and are never stored; no kernel writes past a sequence's end.
 """
 from __future__ import annotations
 
