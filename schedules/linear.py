@@ -78,7 +78,7 @@ class LinearVariant:
     warps: int = 4  # default decision of the warp count (a sampled knob)
     unroll: int = 16  # default decision of the unroll depth (a sampled knob)
     block_k: int = 0  # state rows per CTA of the split state kernel (add rule; 0: all K)
-    stages: int = 0  # split state kernel: 1 = the next chunk's tiles fetched while this one computes
+    stages: int = 0  # split state kernel: chunks whose tiles are fetched (cp.async) ahead of the one computing
 
     @property
     def key(self) -> str:
@@ -402,9 +402,9 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
 
 def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule the split form's state kernel: one CTA per (sequence, head, value tile[, key tile]) walks
-    the chunks with the fp32 state in registers (warps own 16-row tiles of it); per chunk the tiles of
-    the next chunk are fetched by cp.async while this one computes (``variant.unroll`` != 0: a two-stage
-    pipeline), W·odt(S) (delta) and S += Kᵀ Vd on tensor cores."""
+    the chunks with the fp32 state (transposed) in registers, warps owning 16-row tiles of it; the tiles
+    of the next ``variant.stages`` chunks are fetched by cp.async while one computes; W·odt(S) (delta)
+    and Sᵀ += Vdᵀ K on tensor cores."""
     n, h, jv, jk = sch.get_loops("tile")
     sch.bind(sch.fuse(jv, jk), "blockIdx.x")
     sch.bind(h, "blockIdx.y")

@@ -237,15 +237,15 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     the decayed values (register fragments, "warp", on CUDA). The state lives in ``frag`` across the
     whole chunk loop; per chunk:
 
-        h[c] = S (rounded to ``odt``)
+        h[c] = S (rounded to ``odt``; stored transposed, [V, K])
         delta:  V' = U − W·odt(S)  (fp32; stored rounded as ``vn``)
         Vd = odt(V ⊙ d)  with d_l = e^{b_C − b_l} for rows inside the sequence, 0 past its end
-        S = e^{b_C} S + Kᵀ Vd
+        S = e^{b_C} S + Kᵀ Vd      (computed as Sᵀ = e^{b_C} Sᵀ + Vdᵀ K)
 
     The chunk tiles are plain copies of clamped rows (the mask is in d), so CUDA can stage them
-    asynchronously one chunk ahead. The chunk loop runs at least ``min_chunks`` times (a software
-    pipeline needs a trip count it can prove); the extra iteration of an empty sequence adds nothing
-    and stores nothing."""
+    asynchronously, chunks ahead. The chunk loop runs at least ``min_chunks`` times (a software
+    pipeline of s stages needs a trip count it can prove >= s); the extra iterations of a short or
+    empty sequence add nothing and store nothing."""
     _check(st)
     K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
     BK = block_k or K
