@@ -166,6 +166,24 @@ def _tc_tiles(sch: Schedule, name: str):
     return sch.blockize(i_tc), i, j, k
 
 
+def _fragment_loops(sch: Schedule, cache):
+    """Lay a warp-scope operand cache out as mma fragments (16x16 tiles); returns the loop to tensorize
+    with an ldmatrix intrinsic."""
+    r, c = sch.get_loops(cache)[-2:]
+    r0, r1 = sch.split(r, [None, 16])
+    c0, c1 = sch.split(c, [None, 16])
+    sch.reorder(r0, c0, r1, c1)
+    sch.transform_layout(cache, ("write", 0), _imap)
+    return r1
+
+
+def _bind_fragment_init(sch: Schedule, name: str) -> None:
+    # zero fill of an accumulator, one lane per threadIdx.x (mma_fill's offsets miss the lane term)
+    init = sch.get_sblock(name)
+    sch.transform_block_layout(init, lambda a, b: fragment_map(a, b))
+    sch.bind(sch.get_loops(init)[-2], "threadIdx.x")
+
+
 def _tc_gemm(sch: Schedule, name: str, tiles, a_name: str, b_name: str, b_nk: bool, nw, intrin: dict) -> None:
     """C (fp32, shared) = A · B on mma.sync: warps own row tiles, fragments in registers, ldmatrix loads."""
     outer, i, j, k = tiles
@@ -184,22 +202,12 @@ def _tc_gemm(sch: Schedule, name: str, tiles, a_name: str, b_name: str, b_nk: bo
     cj0, cj1 = sch.split(cj, [None, 16])
     sch.reorder(ci0, cj0, ci1, cj1)
     sch.decompose_reduction(outer, k)
-    init = sch.get_sblock(f"{name}_init")
-    frag_loads = []
-    for cache in (a_w, b_w):
-        r, c = sch.get_loops(cache)[-2:]
-        r0, r1 = sch.split(r, [None, 16])
-        c0, c1 = sch.split(c, [None, 16])
-        sch.reorder(r0, c0, r1, c1)
-        sch.transform_layout(cache, ("write", 0), _imap)
-        frag_loads.append(r1)
+    frag_loads = [_fragment_loops(sch, cache) for cache in (a_w, b_w)]
     sch.transform_layout(c_w, ("read", 0), _imap)
     sch.tensorize(frag_loads[0], intrin["load_a"])
     sch.tensorize(frag_loads[1], intrin["load_b_nk" if b_nk else "load_b_kn"])
     sch.tensorize(sch.get_loops(sch.get_sblock(name))[-3], intrin["mma_b_nk" if b_nk else "mma"])
-    # zero fill, one lane per threadIdx.x (mma_fill's offsets miss the lane term)
-    sch.transform_block_layout(init, lambda a, b: fragment_map(a, b))
-    sch.bind(sch.get_loops(init)[-2], "threadIdx.x")
+    _bind_fragment_init(sch, f"{name}_init")
     sch.tensorize(sch.get_loops(c_w)[-2], intrin["store_f32"])
 
 
@@ -289,13 +297,7 @@ class _Fragments:
         ldmatrix (A stored [M, K]; B stored [K, N], or [N, K] with ``b_nk``); with ``a_frag`` A is a
         fragment buffer already in registers (an mma takes only its A operand from registers)."""
         sch = self.sch
-        blk = sch.get_sblock(name)
-        i, j, k = sch.get_loops(blk)[-3:]
-        i, i_tc = sch.split(i, [None, 16])
-        j, j_tc = sch.split(j, [None, 16])
-        k, k_tc = sch.split(k, [None, 16])
-        sch.reorder(i, j, k, i_tc, j_tc, k_tc)
-        outer = sch.blockize(i_tc)
+        outer, i, j, k = _tc_tiles(sch, name)
         if self.nw is None:  # the warp-count knob: a perfect tiling of this product's 16-row tiles
             self.tiles = int(sch.get(i).extent)
             warps = min(self.variant.warps, self.tiles)
@@ -312,21 +314,14 @@ class _Fragments:
                 continue
             cache = sch.cache_read(outer, _read_index(sch, outer, buf), "warp")
             sch.compute_at(cache, at)
-            r, c = sch.get_loops(cache)[-2:]
-            r0, r1 = sch.split(r, [None, 16])
-            c0, c1 = sch.split(c, [None, 16])
-            sch.reorder(r0, c0, r1, c1)
-            sch.transform_layout(cache, ("write", 0), _imap)
-            loads.append((r1, intrin))
+            loads.append((_fragment_loops(sch, cache), intrin))
         out = sch.get(outer).writes[0].source.name
         self._layout(outer, "write", 0, out)
         for loop, intrin in loads:
             sch.tensorize(loop, self.intrin[intrin])
         sch.decompose_reduction(outer, k)
-        sch.tensorize(sch.get_loops(blk)[-3], self.intrin["mma_b_nk" if b_nk else "mma"])
-        init = sch.get_sblock(f"{name}_init")
-        sch.transform_block_layout(init, lambda x, y: fragment_map(x, y))
-        sch.bind(sch.get_loops(init)[-2], "threadIdx.x")
+        sch.tensorize(sch.get_loops(name)[-3], self.intrin["mma_b_nk" if b_nk else "mma"])
+        _bind_fragment_init(sch, f"{name}_init")
 
     def elementwise(self, name: str, *, buf: str, kind: str = "write", in_place: bool = False) -> None:
         """Map a pass over a fragment buffer ``buf`` onto the lanes that hold it (warps own row tiles)."""
@@ -523,8 +518,9 @@ def apply_cuda_parallel(sch: Schedule, variant: LinearVariant, dtype: str, *, bl
 def cuda_space(form: str, variant: LinearVariant, dtype: str, *, chunk: int = 0, key_dim: int = 0,
                part: str = ""):
     """MetaSchedule space function over one chunk- or parallel-form variant (``part``: one kernel of the
-    split chunk form): the warp count (``sample_perfect_tile``) and, for the chunk form and the split
-    state kernel, the unroll depth of the chunk loop (``sample_categorical``)."""
+    split chunk form): the warp count (``sample_perfect_tile``) and, for the single chunk kernel, the
+    unroll depth of the chunk loop (``sample_categorical``); the split kernels' tiles and pipeline depth
+    are compute variants."""
 
     def space(sch: Schedule) -> None:
         if part:
