@@ -254,10 +254,10 @@ def apply_cuda_chunk(sch: Schedule, variant: LinearVariant, dtype: str, *, chunk
     sch.annotate(sch.get_loops("chunk")[0], "pragma_auto_unroll_max_step", unroll)
 
 
-def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False) -> None:
-    """A plain global -> shared copy spread over the CTA, 16-byte vectors where every thread count the
-    warp knob can take divides the tile (``threads_max``: the largest), unrolled; ldmatrix operands
-    padded against bank conflicts."""
+def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False, align: bool = True) -> None:
+    """A plain copy (global -> shared, or with ``align=False`` shared -> global) spread over the CTA,
+    16-byte vectors where every thread count the warp knob can take divides the tile (``threads_max``:
+    the largest), unrolled; shared destinations (ldmatrix operands) padded against bank conflicts."""
     blk = sch.get_sblock(name)
     loops = sch.get_loops(blk)[-1 if one_d else -2:]
     extents = [int(sch.get(lp).extent) for lp in loops]
@@ -272,43 +272,56 @@ def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False) -
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     sch.unroll(outer)
-    if not one_d:
+    if align and not one_d:
         sch.storage_align(blk, 0, axis=-2, factor=32, offset=8)
 
 
 class _Fragments:
     """mma.sync products whose results stay in registers ("warp" scope, mma fragment layout), and the
-    element-wise passes over them, each lane on its own registers (the flash schedule's structure)."""
+    element-wise passes over them, each lane on its own registers (the flash schedule's structure).
+
+    Warps own 16-row tiles of a product's result, or with ``by="cols"`` its 16-column tiles; a pass
+    over a fragment buffer splits it the way the product that wrote it did. A register A operand read
+    by a column-split product is computed whole by every warp (``replicate``)."""
 
     def __init__(self, sch: Schedule, dtype: str, variant: LinearVariant, tunable: bool):
         self.sch, self.intrin = sch, mma_intrins(dtype)
         self.variant, self.tunable = variant, tunable
-        self.nw = None  # the warp count, sampled by the first product (give it the fewest row tiles)
+        self.nw = None  # the warp count, sampled by the first product (give it the fewest warp tiles)
         self.tiles = 0
         self.laid_out: set[str] = set()  # fragment buffers already in the fragment layout
+        self.split: dict[str, str] = {}  # fragment buffer -> "rows" | "cols" (how warps share it)
 
     def _layout(self, blk, kind: str, index: int, buf: str) -> None:
         if buf not in self.laid_out:
             self.sch.transform_layout(blk, (kind, index), _imap)
             self.laid_out.add(buf)
 
-    def gemm(self, name: str, *, a: str, b: str, b_nk: bool = False, a_frag: bool = False) -> None:
-        """C[i, j] (+)= Σ_k A · B, warps owning 16-row tiles of C. Operands come from shared memory through
-        ldmatrix (A stored [M, K]; B stored [K, N], or [N, K] with ``b_nk``); with ``a_frag`` A is a
-        fragment buffer already in registers (an mma takes only its A operand from registers)."""
+    def gemm(self, name: str, *, a: str, b: str, b_nk: bool = False, a_frag: bool = False,
+             by: str = "rows") -> None:
+        """C[i, j] (+)= Σ_k A · B, warps owning 16-row (or ``by="cols"``: 16-column) tiles of C. Operands
+        come from shared memory through ldmatrix (A stored [M, K]; B stored [K, N], or [N, K] with
+        ``b_nk``); with ``a_frag`` A is a fragment buffer already in registers (an mma takes only its A
+        operand from registers)."""
         sch = self.sch
         outer, i, j, k = _tc_tiles(sch, name)
-        if self.nw is None:  # the warp-count knob: a perfect tiling of this product's 16-row tiles
-            self.tiles = int(sch.get(i).extent)
+        split = i if by == "rows" else j
+        if self.nw is None:  # the warp-count knob: a perfect tiling of this product's warp tiles
+            self.tiles = int(sch.get(split).extent)
             warps = min(self.variant.warps, self.tiles)
-            self.nw, _ = sch.sample_perfect_tile(i, n=2, max_innermost_factor=self.tiles,
+            self.nw, _ = sch.sample_perfect_tile(split, n=2, max_innermost_factor=self.tiles,
                                                  decision=None if self.tunable else [warps, self.tiles // warps])
-        iw, ii = sch.split(i, [self.nw, None])
-        sch.reorder(iw, ii, j, k)
-        sch.bind(iw, "threadIdx.y")
-        sch.reorder(k, j, ii)  # k outermost: one B fragment live at a time
+        w, inner = sch.split(split, [self.nw, None])
+        if by == "rows":
+            sch.reorder(w, inner, j, k)
+            rows, cols = inner, j
+        else:
+            sch.reorder(w, i, inner, k)
+            rows, cols = i, inner
+        sch.bind(w, "threadIdx.y")
+        sch.reorder(k, cols, rows)  # k outermost: one B fragment live at a time
         loads = []
-        for buf, frag, at, intrin in ((a, a_frag, k, "load_a"), (b, False, j, "load_b_nk" if b_nk else "load_b_kn")):
+        for buf, frag, at, intrin in ((a, a_frag, k, "load_a"), (b, False, cols, "load_b_nk" if b_nk else "load_b_kn")):
             if frag:
                 self._layout(outer, "read", _read_index(sch, outer, buf), buf)
                 continue
@@ -317,14 +330,17 @@ class _Fragments:
             loads.append((_fragment_loops(sch, cache), intrin))
         out = sch.get(outer).writes[0].source.name
         self._layout(outer, "write", 0, out)
+        self.split[out] = by
         for loop, intrin in loads:
             sch.tensorize(loop, self.intrin[intrin])
         sch.decompose_reduction(outer, k)
         sch.tensorize(sch.get_loops(name)[-3], self.intrin["mma_b_nk" if b_nk else "mma"])
         _bind_fragment_init(sch, f"{name}_init")
 
-    def elementwise(self, name: str, *, buf: str, kind: str = "write", in_place: bool = False) -> None:
-        """Map a pass over a fragment buffer ``buf`` onto the lanes that hold it (warps own row tiles)."""
+    def elementwise(self, name: str, *, buf: str, kind: str = "write", in_place: bool = False,
+                    replicate: bool = False) -> None:
+        """Map a pass over a fragment buffer ``buf`` onto the lanes that hold it: split over the warps as
+        ``buf``'s product split it (rows by default), or with ``replicate`` done whole by every warp."""
         sch = self.sch
         blk = sch.get_sblock(name)
         if buf not in self.laid_out:
@@ -335,11 +351,21 @@ class _Fragments:
         else:
             sch.transform_block_layout(blk, _imap)
             a, c, lane, loc = sch.get_loops(blk)[-4:]
-        aw, ai = sch.split(a, [self.nw, None])
-        sch.reorder(aw, lane, ai, c, loc)
-        sch.bind(aw, "threadIdx.y")
+        if replicate:
+            sch.reorder(lane, a, c, loc)
+            serial = (a, c, loc)
+        elif self.split.get(buf, "rows") == "rows":
+            aw, ai = sch.split(a, [self.nw, None])
+            sch.reorder(aw, lane, ai, c, loc)
+            sch.bind(aw, "threadIdx.y")
+            serial = (ai, c, loc)
+        else:
+            cw, ci = sch.split(c, [self.nw, None])
+            sch.reorder(cw, lane, a, ci, loc)
+            sch.bind(cw, "threadIdx.y")
+            serial = (a, ci, loc)
         sch.bind(lane, "threadIdx.x")
-        for lp in (ai, c, loc):  # register arrays need compile-time indices
+        for lp in serial:  # register arrays need compile-time indices
             sch.unroll(lp)
 
 
@@ -397,9 +423,11 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
 
 def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule the split form's state kernel: one CTA per (sequence, head, value tile[, key tile]) walks
-    the chunks with the fp32 state (transposed) in registers, warps owning 16-row tiles of it; the tiles
-    of the next ``variant.stages`` chunks are fetched by cp.async while one computes; W·odt(S) (delta)
-    and Sᵀ += Vdᵀ K on tensor cores."""
+    the chunks with the fp32 state (transposed) in registers, warps owning 16-column (key) tiles of it;
+    the tiles of the next ``variant.stages`` chunks are fetched by cp.async while one computes. Per
+    chunk: the state rounded once into shared memory (h[c], stored with 16-byte vectors, and the delta
+    rule's B operand), W·odt(S) (delta; warps own its 16-row tiles), then Sᵀ += Vdᵀ K on tensor cores
+    with every warp computing the decayed values Vdᵀ (its A operand) in its own registers."""
     n, h, jv, jk = sch.get_loops("tile")
     sch.bind(sch.fuse(jv, jk), "blockIdx.x")
     sch.bind(h, "blockIdx.y")
@@ -407,28 +435,30 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     delta = _has(sch, "WS_gemm")
     c_loop = sch.get_loops("K_load")[-3]
     fr = _Fragments(sch, dtype, variant, tunable)
-    # the product with the fewest 16-row tiles first: it samples the warp count, which divides both
+    # the product with the fewest warp tiles first: it samples the warp count, which divides both
     ws_first = delta and (int(sch.get(sch.get_loops("WS_gemm")[-3]).extent)
-                          < int(sch.get(sch.get_loops("S_gemm")[-3]).extent))
+                          <= int(sch.get(sch.get_loops("S_gemm")[-2]).extent))
     if ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
-    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True)
+    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="cols")
     if delta and not ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
     loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
+    threads_max = 32 * fr.tiles
     for name in loads:
-        _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name == "b_load")
-    fr.elementwise("V_decay", buf="Vd_w")
-    for name in ("S_init", "h_store", "ht_store"):
+        _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
+    fr.elementwise("V_decay", buf="Vd_w", replicate=True)
+    for name in ("S_init", "S_cast", "ht_store"):
         fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
+    sch.storage_align(sch.get_sblock("S_cast"), 0, axis=-2, factor=32, offset=8)
+    _copy(sch, "h_store", fr.nw, threads_max, align=False)
     if _has(sch, "S_decay"):
         fr.elementwise("S_decay", buf="ST_w", in_place=True)
+        _spread(sch, sch.get_loops("d_calc")[-1:], fr.nw)
     if delta:
-        fr.elementwise("S_cast", buf="ST_w", kind="read")
-        sch.storage_align(sch.get_sblock("S_cast"), 0, axis=-2, factor=32, offset=8)
         fr.elementwise("Vn_form", buf="WS_w", in_place=True)
         fr.elementwise("Vn_calc", buf="WS_w", kind="read")
-        _spread(sch, sch.get_loops("vn_store")[-2:], fr.nw)
+        _copy(sch, "vn_store", fr.nw, threads_max, align=False)
     if variant.stages:
         _pipeline(sch, c_loop, len(loads), variant.stages)
 
@@ -451,7 +481,8 @@ def apply_cuda_chunk_output(sch: Schedule, variant: LinearVariant, dtype: str, *
     fr.gemm("O_gemm", a="P_w", b="V_s", a_frag=True)
     if _has(sch, "O_decay"):
         fr.elementwise("O_decay", buf="O_w", in_place=True)
-    fr.elementwise("O_store", buf="O_w", kind="read")
+    fr.elementwise("O_cast", buf="O_w", kind="read")
+    _copy(sch, "O_store", fr.nw, 32 * fr.tiles, align=False)
 
 
 def apply_cuda_chunk_part(sch: Schedule, part: str, variant: LinearVariant, dtype: str, *,

@@ -59,7 +59,7 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
         if spec.part == "prep":
             return split.prep(st, **kw, solve=scopes.solve, frag=scopes.frag)
         if spec.part == "state":
-            return split.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag,
+            return split.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag, solve=scopes.solve,
                                min_chunks=max(stages, 1))
         return split.output(st, **kw, block_v=block_v, frag=scopes.frag)
     if spec.form == "recurrent":

@@ -231,15 +231,16 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
 
 def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | None = None,
           op_dtype: str | None = None, smem: str = "global", acc: str = "global", frag: str = "global",
-          min_chunks: int = 1):
+          solve: str = "global", min_chunks: int = 1):
     """Build the PrimFunc ``main`` of the state pass. ``block_k`` (add rule only) tiles the state's rows:
     its rows never mix there, so key tiles are independent. ``frag``: the scope of the fp32 state and of
-    the decayed values (register fragments, "warp", on CUDA). The state lives in ``frag`` across the
-    whole chunk loop; per chunk:
+    the decayed values (register fragments, "warp", on CUDA); ``solve``: the per-thread scalar e^{b_C}
+    ("local" on CUDA). The state lives in ``frag`` across the whole chunk loop; per chunk:
 
-        h[c] = S (rounded to ``odt``; stored transposed, [V, K])
-        delta:  V' = U − W·odt(S)  (fp32; stored rounded as ``vn``)
+        Y = odt(Sᵀ) (one pass from the registers); h[c] = Y (stored transposed, [V, K], a plain copy)
+        delta:  V' = U − W·Y  (fp32; stored rounded as ``vn``)
         Vd = odt(V ⊙ d)  with d_l = e^{b_C − b_l} for rows inside the sequence, 0 past its end
+                         (gated: d computed once per chunk row, ``d_s``)
         S = e^{b_C} S + Kᵀ Vd      (computed as Sᵀ = e^{b_C} Sᵀ + Vdᵀ K)
 
     The chunk tiles are plain copies of clamped rows (the mask is in d), so CUDA can stage them
@@ -266,7 +267,9 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)  # V (add) or U (delta)
         W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
-        Y_s = T.sblock_alloc_buffer((BV, K) if delta else (1, 1), odt, scope=smem)  # odt(Sᵀ), W S's B operand
+        Y_s = T.sblock_alloc_buffer((BV, BK), odt, scope=smem)  # odt(Sᵀ): h[c], and W S's B operand
+        d_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)  # masked row decays e^{b_C − b}
+        eC = T.sblock_alloc_buffer((1,), F32, scope=solve)  # the state's decay e^{b_C} (1 past the end)
         WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
         Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
         Vd_w = T.sblock_alloc_buffer((BV, C), odt, scope=frag)  # decayed, masked values, transposed
@@ -297,19 +300,25 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                     with T.sblock("b_load"):
                         vc, vi = T.axis.remap("SS", [c, i])
                         b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
-            with T.sblock("h_store_scope"):  # the chunk index bound by a scope block: the inner block keeps
-                vc = T.axis.remap("S", [c])  # only its data axes (the fragment layout maps them)
+            with T.sblock("S_cast_scope"):  # (scope blocks: the fragment layout maps a block's own loops)
                 for j, kk in T.grid(BV, BK):
-                    with T.sblock("h_store"):
+                    with T.sblock("S_cast"):
                         vj, vk = T.axis.remap("SS", [j, kk])
-                        if vc < n_c:
-                            h[cbase + vc, vh, vv * BV + vj, vk0 * BK + vk] = T.Cast(odt, ST_w[vj, vk])
+                        Y_s[vj, vk] = T.Cast(odt, ST_w[vj, vk])
+            for j, kk in T.grid(BV, BK):
+                with T.sblock("h_store"):
+                    vc, vj, vk = T.axis.remap("SSS", [c, j, kk])
+                    if vc < n_c:
+                        h[cbase + vc, vh, vv * BV + vj, vk0 * BK + vk] = Y_s[vj, vk]
+            if gated:
+                for i in T.serial(C):
+                    with T.sblock("d_calc"):
+                        vc, vi = T.axis.remap("SS", [c, i])
+                        d_s[vi] = T.Select(vc * C + vi < seq_len, T.exp(b_s[C - 1] - b_s[vi]), zero)
+                with T.sblock("e_calc"):
+                    vc = T.axis.remap("S", [c])
+                    eC[0] = T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
             if delta:
-                with T.sblock("S_cast_scope"):  # (scope blocks: the fragment layout maps a block's own loops)
-                    for j, kk in T.grid(BV, K):
-                        with T.sblock("S_cast"):
-                            vj, vk = T.axis.remap("SS", [j, kk])
-                            Y_s[vj, vk] = T.Cast(odt, ST_w[vj, vk])
                 with T.sblock("WS_scope"):
                     for i, j, kk in T.grid(C, BV, K):
                         with T.sblock("WS_gemm"):
@@ -343,10 +352,12 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                 for j, i in T.grid(BV, C):
                     with T.sblock("V_decay"):
                         vj, vi = T.axis.remap("SS", [j, i])
-                        Vd_w[vj, vi] = T.Cast(odt, T.Select(
-                            vc * C + vi < seq_len,
-                            (Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]))
-                            * (T.exp(b_s[C - 1] - b_s[vi]) if gated else one), zero))
+                        if gated:
+                            Vd_w[vj, vi] = T.Cast(odt, (Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]))
+                                                  * d_s[vi])
+                        else:
+                            Vd_w[vj, vi] = T.Cast(odt, T.Select(
+                                vc * C + vi < seq_len, Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]), zero))
             if gated:
                 with T.sblock("S_decay_scope"):
                     vc = T.axis.remap("S", [c])
@@ -354,7 +365,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         with T.sblock("S_decay"):  # in place, written as an extent-1 reduction (bindable)
                             vj, vk, vr = T.axis.remap("SSR", [j, kk, r])
                             with T.init():
-                                ST_w[vj, vk] = ST_w[vj, vk] * T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
+                                ST_w[vj, vk] = ST_w[vj, vk] * eC[0]
                             ST_w[vj, vk] = ST_w[vj, vk]
             with T.sblock("S_scope"):
                 for j, kk, l in T.grid(BV, BK, C):
@@ -406,7 +417,8 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
 
         O = e^{b} ⊙ (Q h[c]) + odt((Q Kᵀ) ⊙ Γ) V,   stored as scale · O
 
-    with the products in ``frag`` (register fragments on CUDA). Tiles are plain copies of clamped rows:
+    with the products in ``frag`` (register fragments on CUDA); the tile goes out through shared
+    memory (``O_s``) so the stores are whole rows. Tiles are plain copies of clamped rows:
     Γ is 0 above the diagonal, so a row inside the sequence never sees a row past its end, and rows
     past the end are not stored."""
     _check(st)
@@ -428,6 +440,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         O_w = T.sblock_alloc_buffer((C, BV), F32, scope=frag)
         A_w = T.sblock_alloc_buffer((C, C), F32, scope=frag)
         P_w = T.sblock_alloc_buffer((C, C), odt, scope=frag)
+        O_s = T.sblock_alloc_buffer((C, BV), dt, scope=smem)  # the output tile, stored with 16-byte vectors
         for i, kk in T.grid(C, K):
             with T.sblock("Q_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
@@ -488,11 +501,16 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     with T.init():
                         O_w[vi, vj] = O_w[vi, vj]
                     O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, P_w[vi, vl]) * T.Cast(F32, V_s[vl, vj])
+        with T.sblock("O_cast_scope"):
+            for i, j in T.grid(C, BV):
+                with T.sblock("O_cast"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    O_s[vi, vj] = T.Cast(dt, O_w[vi, vj] * scale)
         for i, j in T.grid(C, BV):
             with T.sblock("O_store"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 if vc * C + vi < seq_len:
-                    o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(dt, O_w[vi, vj] * scale)
+                    o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = O_s[vi, vj]
 
     @T.prim_func(s_tir=True)
     def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
