@@ -94,8 +94,8 @@ DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
 # (bf16, K = V = 128, T = 32768, bench/results/h200 and the closing note of issue 6).
 DEFAULT_SPLIT_VARIANTS = {
     "prep": LinearVariant(block_v=0, warps=4, unroll=0),
-    "state": LinearVariant(block_v=32, warps=4, unroll=0, block_k=64, stages=2),  # add rule
-    "state_delta": LinearVariant(block_v=16, warps=4, unroll=0, stages=2),
+    "state": LinearVariant(block_v=32, warps=2, unroll=0, block_k=64, stages=2),  # add rule
+    "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
     "output": LinearVariant(block_v=128, warps=4, unroll=0),
 }
 
@@ -407,8 +407,10 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
             _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name in ("b_load", "beta_load"))
     fr.elementwise("L_mask", buf="A_w", in_place=True)
     fr.elementwise("L_store", buf="A_w", kind="read")
-    fr.elementwise("W_store", buf="W_w", kind="read")
-    fr.elementwise("U_store", buf="U_w", kind="read")
+    fr.elementwise("W_cast", buf="W_w", kind="read")
+    fr.elementwise("U_cast", buf="U_w", kind="read")
+    for name in ("W_store", "U_store"):
+        _copy(sch, name, fr.nw, 32 * fr.tiles, align=False)
     m, i, l = sch.get_loops("T_solve")[-3:]
     _spread(sch, [m], fr.nw)
     sch.unroll(i)

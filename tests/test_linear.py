@@ -178,10 +178,12 @@ def test_split_chunk_layout_and_cumsum():
         for c0 in range(s, e, 8):
             c1 = min(c0 + 8, e)
             torch.testing.assert_close(gc[:, c0:c1], g[:, c0:c1].cumsum(1), rtol=1e-6, atol=1e-6)
-    gd = -torch.rand(2, 19, 3)
-    gcd = _chunk_local_cumsum(gd, None, 8)
-    for c0 in range(0, 19, 8):
-        torch.testing.assert_close(gcd[:, c0:c0 + 8], gd[:, c0:c0 + 8].cumsum(1), rtol=1e-6, atol=1e-6)
+    for t in (19, 16):  # a padded last chunk, and whole chunks only
+        gd = -torch.rand(2, t, 3)
+        gcd = _chunk_local_cumsum(gd, None, 8)
+        assert gcd.shape == gd.shape and gcd.dtype == torch.float32 and gcd.is_contiguous()
+        for c0 in range(0, t, 8):
+            torch.testing.assert_close(gcd[:, c0:c0 + 8], gd[:, c0:c0 + 8].cumsum(1), rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------

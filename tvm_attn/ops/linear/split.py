@@ -97,9 +97,9 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
 
     @T.macro
     def body(k, v, gc, beta, w, u, bsel, vh, vc, bos, seq_len):
-        Ka_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K as an A operand (K Kᵀ)
+        Ka_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K as an A operand (K Kᵀ), then W stored
         K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K as a B operand (K Kᵀ, Tm K)
-        V_s = T.sblock_alloc_buffer((C, V), odt, scope=smem)
+        V_s = T.sblock_alloc_buffer((C, V), odt, scope=smem)  # V, then U stored
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
         beta_s = T.sblock_alloc_buffer((C,), F32, scope=acc)
         A_w = T.sblock_alloc_buffer((C, C), F32, scope=frag)  # K Kᵀ, then L in place
@@ -175,11 +175,17 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
                     with T.init():
                         W_w[vi, vj] = zero
                     W_w[vi, vj] = W_w[vi, vj] + T.Cast(F32, Tk_s[vi, vl]) * T.Cast(F32, K_s[vl, vj])
+        # W and U leave through shared memory (Ka_s and V_s, no longer read), so their stores are rows
+        with T.sblock("W_cast_scope"):
+            for i, kk in T.grid(C, K):
+                with T.sblock("W_cast"):
+                    vi, vk = T.axis.remap("SS", [i, kk])
+                    Ka_s[vi, vk] = T.Cast(odt, W_w[vi, vk])
         for i, kk in T.grid(C, K):
             with T.sblock("W_store"):
                 vi, vk = T.axis.remap("SS", [i, kk])
                 if vc * C + vi < seq_len:
-                    w[bsel, bos + vc * C + vi, vh, vk] = T.Cast(odt, W_w[vi, vk])
+                    w[bsel, bos + vc * C + vi, vh, vk] = Ka_s[vi, vk]
         with T.sblock("U_scope"):
             for i, j, l in T.grid(C, V, C):
                 with T.sblock("U_gemm"):
@@ -187,11 +193,16 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
                     with T.init():
                         U_w[vi, vj] = zero
                     U_w[vi, vj] = U_w[vi, vj] + T.Cast(F32, Tv_s[vi, vl]) * T.Cast(F32, V_s[vl, vj])
+        with T.sblock("U_cast_scope"):
+            for i, j in T.grid(C, V):
+                with T.sblock("U_cast"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    V_s[vi, vj] = T.Cast(odt, U_w[vi, vj])
         for i, j in T.grid(C, V):
             with T.sblock("U_store"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 if vc * C + vi < seq_len:
-                    u[bsel, bos + vc * C + vi, vh, vj] = T.Cast(odt, U_w[vi, vj])
+                    u[bsel, bos + vc * C + vi, vh, vj] = V_s[vi, vj]
         with T.sblock("keep_alive"):
             # reads every shared buffer last, so none is freed early: TVM 0.27's dynamic shared-memory
             # planner (MergeSharedMemoryAllocations) re-lays out a reused buffer when it later coalesces

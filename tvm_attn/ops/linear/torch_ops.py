@@ -43,8 +43,10 @@ def _chunk_local_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None, chunk:
     """Cumulative log decay from each chunk's first row (chunks of ``chunk`` rows counted from every
     sequence's start), fp32 [B, T, H]."""
     b, t, h = g.shape
-    if cu_seqlens is None:  # whole chunks of a padded copy: an exact fp32 sum per chunk
+    if cu_seqlens is None:  # an exact fp32 sum per chunk (whole chunks: of a padded copy if T is not)
         nt = math.ceil(t / chunk)
+        if t % chunk == 0:  # one scan kernel, no copy
+            return g.float().contiguous().view(b, nt, chunk, h).cumsum(2).view(b, t, h)
         gp = torch.nn.functional.pad(g.float(), (0, 0, 0, nt * chunk - t))
         return gp.view(b, nt, chunk, h).cumsum(2).view(b, nt * chunk, h)[:, :t].contiguous()
     cs = g.double().cumsum(1)  # fp64: the chunk sums are differences of long prefix sums
