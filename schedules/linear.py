@@ -22,11 +22,15 @@ CUDA:
   registers (``_Fragments``), element-wise steps on the fragments in place, lane by lane. prep (one CTA
   per (chunk, head)): K Kᵀ and its mask in registers, the solve one column per thread fully unrolled
   (the column in registers), Tm diag(β eᵇ)·K and Tm diag(β)·V; state (one CTA per (sequence, head,
-  value tile[, key tile])): the transposed state in registers for the whole chunk loop, the next
-  chunks' tiles fetched by cp.async while this one computes (a software pipeline of ``stages``), W·S
-  (delta) and Vdᵀ·K on tensor cores; output (one CTA per (chunk, head, value tile)): Q·h, Q Kᵀ and
-  P·V, P passed to the last product in registers. Tiles and the pipeline depth are compute-level
-  variants (``DEFAULT_SPLIT_VARIANTS``); the warp count is a ``sample_perfect_tile`` knob in each.
+  value tile[, key tile])): the transposed state in registers for the whole chunk loop (warps own its
+  16-column key tiles), the next chunks' tiles fetched by cp.async while this one computes (a software
+  pipeline of ``stages``), W·S (delta; warps own its 16-row tiles) and Vdᵀ·K on tensor cores, the
+  decayed values Vdᵀ (the A operand) computed by every warp; output (one CTA per (chunk, head, value
+  tile)): Q·h, Q Kᵀ and P·V, P passed to the last product in registers. Results that leave a kernel
+  (h, V', W, U, O) go through shared memory and out as 16-byte row vectors (a register fragment holds
+  2-element pieces of 8 rows: stored directly they cost 4x the L2 sectors, which bounded the state
+  kernel). Tiles and the pipeline depth are compute-level variants (``DEFAULT_SPLIT_VARIANTS``); the
+  warp count is a ``sample_perfect_tile`` knob in each.
 * parallel forms (``apply_cuda_parallel``): one CTA per (sequence, head, value tile, query tile); Q Kᵀ
   and P V of each key tile on tensor cores.
 * recurrent forms (``apply_cuda_recurrent``): CUDA cores; one thread per state column, the column of
@@ -93,7 +97,7 @@ DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
 # add rule only (the delta rule's W S needs every key row). Picked from the variants timed on an H200
 # (bf16, K = V = 128, T = 32768, bench/results/h200 and the closing note of issue 6).
 DEFAULT_SPLIT_VARIANTS = {
-    "prep": LinearVariant(block_v=0, warps=4, unroll=0),
+    "prep": LinearVariant(block_v=0, warps=2, unroll=0),
     "state": LinearVariant(block_v=32, warps=2, unroll=0, block_k=64, stages=2),  # add rule
     "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
     "output": LinearVariant(block_v=128, warps=4, unroll=0),
@@ -457,6 +461,9 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     if _has(sch, "S_decay"):
         fr.elementwise("S_decay", buf="ST_w", in_place=True)
         _spread(sch, sch.get_loops("d_calc")[-1:], fr.nw)
+        rows = sch.get_loops("d_calc")[-3]  # rows per thread: more than one with one warp at C = 64;
+        if int(sch.get(rows).extent) > 1:   # a loop there would need a barrier TVM cannot place in the
+            sch.vectorize(rows)             # pipeline's epilogue, so it becomes one (strided) vector op
     if delta:
         fr.elementwise("Vn_form", buf="WS_w", in_place=True)
         fr.elementwise("Vn_calc", buf="WS_w", kind="read")

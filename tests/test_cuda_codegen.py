@@ -77,8 +77,8 @@ def test_linear_split_chunk_kernels_compile_for_sm90a(op: str, dtype: str, kd: i
 
 
 def test_linear_split_state_design_space_samples_compile():
-    # the MetaSchedule space of the state kernel: sampled warp counts give valid sm_90a kernels (the
-    # delta rule's W S has four 16-row tiles, the update two at a 32-column value tile)
+    # the MetaSchedule space of the state kernel: sampled warp counts give valid sm_90a kernels (warps
+    # own the delta rule's four 16-row tiles of W S and the update's eight 16-column key tiles)
     from tvm_attn.ops.linear.build import LinearSpec
     from tvm_attn.ops.linear.cuda import build_config, cuda_schedule
     from tvm_attn.schedules.linear import LinearVariant
@@ -93,4 +93,18 @@ def test_linear_split_state_design_space_samples_compile():
         src = _tvm.cuda_source(_tvm.compile_module(sch.mod, _tvm.cuda_target("sm_90a"), build_config()))
         assert "mma.sync.aligned.m16n8k16" in src and "cp.async" in src
         assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
-    assert warps <= {1, 2}
+    assert warps <= {1, 2, 4}
+
+
+def test_linear_split_state_one_warp_compiles():
+    # one warp at C = 64 computes two rows of the chunk's decays per thread; that pass must not need a
+    # barrier inside the pipeline's epilogue (TVM cannot place one there)
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_cuda
+    from tvm_attn.schedules.linear import LinearVariant
+
+    for op in ("simple_gla", "gated_delta_rule"):
+        spec = LinearSpec(op, "chunk", 128, 128, "bfloat16", False, 64, "state")
+        src = _tvm.cuda_source(build_cuda(spec, "sm_90a", LinearVariant(block_v=16, warps=1, block_k=128, stages=2)))
+        assert "__launch_bounds__(32)" in src
+        assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
