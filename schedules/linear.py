@@ -95,7 +95,7 @@ DEFAULT_CHUNK_VARIANT = LinearVariant(block_v=32, warps=4, unroll=16)
 DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
 # the split chunk form (``ops/linear/split.py``), per kernel; the state kernel's key tile applies to the
 # add rule only (the delta rule's W S needs every key row). Picked from the variants timed on an H200
-# (bf16, K = V = 128, T = 32768, bench/results/h200 and the closing note of issue 6).
+# (bf16, K = V = 128, T = 32768: bench/results/h200/linear-kernels-20261128.json).
 DEFAULT_SPLIT_VARIANTS = {
     "prep": LinearVariant(block_v=0, warps=2, unroll=0),
     "state": LinearVariant(block_v=32, warps=2, unroll=0, block_k=64, stages=2),  # add rule
