@@ -21,7 +21,8 @@ single-kernel chunk form's (``compute.chunk``), reassociated.
 On CUDA every matrix product keeps its result in registers (``frag``, mma fragments) and the state
 stays in registers across the whole chunk loop; the state kernel is written for Sᵀ (= Vdᵀ K), so the
 operand computed in registers (the decayed values) is the mma's A operand, the only one an mma takes
-from registers (``_tvm.mma_intrins``).
+from registers (``_tvm.mma_intrins``). Results that leave a kernel (h, V', W, U, O) are rounded once
+into shared memory and copied out in whole rows (``Y_s``, ``Vn_s``, ``Ka_s``/``V_s`` reused, ``O_s``).
 
 Scratch (allocated by the caller, in the operand dtype ``odt``): ``w`` [B, T, H, K] and ``u``
 [B, T, H, V] (prep → state), ``vn`` [B, T, H, V] (V', state → output), ``h`` [NTt, H, V, K] (each
