@@ -323,8 +323,6 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                     if vc < n_c:
                         h[cbase + vc, vh, vv * BV + vj, vk0 * BK + vk] = Y_s[vj, vk]
             if gated:
-                # (e_calc first: the barrier before the first read of the chunk's decays then falls before
-                # a statement, not inside d_calc's loop, which TVM cannot place in the pipeline's epilogue)
                 with T.sblock("e_calc"):
                     vc = T.axis.remap("S", [c])
                     eC[0] = T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
