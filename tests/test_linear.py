@@ -353,6 +353,19 @@ def test_api_names_the_bad_argument():
         tvm_attn.linear_attention(q, q.half(), v)
 
 
+def test_nan_check_is_opt_in(monkeypatch):
+    inp = make_inputs("gated_delta_rule", shape(10), "float32", "cpu", seed=3)
+    monkeypatch.setenv("TVM_ATTN_CHECK_FINITE", "1")
+    for name in ("q", "g", "beta"):
+        bad = {**inp, name: inp[name].clone()}
+        bad[name].view(-1)[0] = float("nan")
+        with pytest.raises(ValueError, match=f"{name} contains NaN"):
+            tvm_attn.gated_delta_rule(**bad)
+    with pytest.raises(ValueError, match="initial_state contains NaN"):
+        tvm_attn.linear_attention(inp["q"], inp["k"], inp["v"],
+                                  initial_state=torch.full((*inp["q"].shape[::2], 32, 32), float("inf")))
+
+
 def test_api_scale_and_default_outputs():
     inp = make_inputs("simple_gla", shape(50), "float32", "cpu", seed=14)
     o, state = tvm_attn.simple_gla(**inp, scale=0.3)

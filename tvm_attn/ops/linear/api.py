@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ...api import _check_tensor, check_cu_seqlens, check_like_q  # the house argument checks
+from ...api import _check_finite, _check_tensor, check_cu_seqlens, check_like_q  # the house argument checks
 from .kinds import FORMS, OP_KINDS
 from .torch_ops import OPS
 
@@ -113,6 +113,8 @@ def _call(op: str, q, k, v, g, beta, *, form, scale, initial_state, output_final
     s = _check_options(op, q, v, form=form, scale=scale, initial_state=initial_state,
                        output_final_state=output_final_state, cu_seqlens=cu_seqlens, chunk_size=chunk_size,
                        chunk_name=chunk_name)
+    per_token = {"g": g, "eta" if rule == "ttt" else "beta": beta, "initial_state": initial_state}
+    _check_finite(q=q, k=k, v=v, **{name: t for name, t in per_token.items() if t is not None})
     o, ht = OPS[op](q, k, v, g, beta, initial_state, cu_seqlens, form, s, chunk_size)
     return o, (ht if output_final_state else None)
 
