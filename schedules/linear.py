@@ -267,7 +267,9 @@ def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False, a
     extents = [int(sch.get(lp).extent) for lp in loops]
     f = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     total = extents[0] * (extents[1] if len(extents) > 1 else 1)
-    vec = next((v for v in (8, 4, 2) if not one_d and extents[-1] % v == 0 and total % (threads_max * v) == 0), 1)
+    lanes = 16 // (sch.get(blk).writes[0].source.dtype.bits // 8)  # elements of a 16-byte vector
+    vec = next((v for v in (8, 4, 2) if v <= lanes and not one_d and extents[-1] % v == 0
+                and total % (threads_max * v) == 0), 1)
     if vec > 1:
         outer, ty, tx, vv = sch.split(f, [None, nw, 32, vec])
         sch.vectorize(vv)
@@ -302,11 +304,12 @@ class _Fragments:
             self.laid_out.add(buf)
 
     def gemm(self, name: str, *, a: str, b: str, b_nk: bool = False, a_frag: bool = False,
-             by: str = "rows") -> None:
+             by: str = "rows", b_per_row: bool = False) -> None:
         """C[i, j] (+)= Σ_k A · B, warps owning 16-row (or ``by="cols"``: 16-column) tiles of C. Operands
         come from shared memory through ldmatrix (A stored [M, K]; B stored [K, N], or [N, K] with
         ``b_nk``); with ``a_frag`` A is a fragment buffer already in registers (an mma takes only its A
-        operand from registers)."""
+        operand from registers). ``b_per_row``: B's tile depends on C's row tile too (a batched B), so
+        its fragments are loaded per (k, row tile, column tile)."""
         sch = self.sch
         outer, i, j, k = _tc_tiles(sch, name)
         split = i if by == "rows" else j
@@ -323,7 +326,10 @@ class _Fragments:
             sch.reorder(w, i, inner, k)
             rows, cols = i, inner
         sch.bind(w, "threadIdx.y")
-        sch.reorder(k, cols, rows)  # k outermost: one B fragment live at a time
+        if b_per_row:
+            sch.reorder(k, rows, cols)
+        else:
+            sch.reorder(k, cols, rows)  # k outermost: one B fragment live at a time
         loads = []
         for buf, frag, at, intrin in ((a, a_frag, k, "load_a"), (b, False, cols, "load_b_nk" if b_nk else "load_b_kn")):
             if frag:
@@ -371,6 +377,30 @@ class _Fragments:
         sch.bind(lane, "threadIdx.x")
         for lp in serial:  # register arrays need compile-time indices
             sch.unroll(lp)
+
+
+    def diagonal(self, name: str, *, buf: str) -> None:
+        """Map a reduction over the diagonal 16x16 tiles of a row-split fragment buffer ``buf`` (block
+        iterators: tile, row, column, reduction) onto the lanes that hold them: each warp its own row
+        tiles, each lane its 8 elements of a tile, the reduction outside them (the operands of a row
+        and of a column are read once per step for every element that shares them)."""
+        sch = self.sch
+        blk = sch.get_sblock(name)
+        sch.transform_block_layout(blk, lambda s, i, j, r: (s, *fragment_map(i, j), r))
+        s, lane, loc, r = sch.get_loops(blk)[-4:]
+        sw, si = sch.split(s, [self.nw, None])
+        sch.reorder(sw, lane, si, r, loc)
+        sch.bind(sw, "threadIdx.y")
+        sch.bind(lane, "threadIdx.x")
+        sch.unroll(si)
+        # the sums in a per-thread array (a diagonal tile's registers are indexed by the warp, which
+        # a register array cannot be), written into the fragment once
+        wb = sch.cache_write(blk, 0, "local")
+        sch.reverse_compute_at(wb, si)
+        sch.unroll(sch.get_loops(wb)[-1])
+        sch.unroll(loc)
+        init = sch.decompose_reduction(blk, r)
+        sch.unroll(sch.get_loops(init)[-1])
 
 
 def _pipeline_statements(stmt) -> int:
@@ -472,6 +502,61 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
         _pipeline(sch, c_loop, len(loads), variant.stages)
 
 
+def apply_cuda_chunk_state_gla(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule gla's split state kernel (``ops/linear/split_gla.py``): one CTA per (sequence, head, value
+    tile, key tile) walks the chunks with the fp32 state tile S [BK, BV] in registers, warps owning its
+    16-row (key) tiles; the next ``variant.stages`` chunks' tiles (K, V, b) fetched by cp.async while one
+    computes. Per chunk: S rounded once into shared memory and stored as h[c] in 16-byte rows, the
+    decayed keys Kdᵀ (the A operand) computed by each warp for its own rows, S decayed in place, and
+    S += Kdᵀ V on tensor cores."""
+    n, h, jv, jk = sch.get_loops("tile")
+    sch.bind(sch.fuse(jv, jk), "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    sch.bind(n, "blockIdx.z")
+    c_loop = sch.get_loops("K_load")[-3]
+    fr = _Fragments(sch, dtype, variant, tunable)
+    fr.gemm("S_gemm", a="Kd_w", b="V_s", a_frag=True)
+    loads = ("K_load", "V_load", "G_load")
+    threads_max = 32 * fr.tiles
+    for name in loads:
+        _copy(sch, name, fr.nw, threads_max)
+    fr.elementwise("Kd_calc", buf="Kd_w")
+    for name in ("S_init", "S_cast", "ht_store"):
+        fr.elementwise(name, buf="S_w", kind="read" if name != "S_init" else "write")
+    sch.storage_align(sch.get_sblock("S_cast"), 0, axis=-2, factor=32, offset=8)
+    _copy(sch, "h_store", fr.nw, threads_max, align=False)
+    fr.elementwise("S_decay", buf="S_w", in_place=True)
+    if variant.stages:
+        _pipeline(sch, c_loop, len(loads), variant.stages)
+
+
+def apply_cuda_chunk_output_gla(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule gla's split output kernel: one CTA per (chunk, head, value tile), warps owning 16-row
+    (sub-chunk) tiles of every product. (Q ⊙ eᵇ)·h and the sub-chunk scores Qr·Kr[s]ᵀ on tensor cores
+    with their register operands computed lane by lane; the diagonal blocks' exact scores on CUDA cores
+    in the lanes that hold them; P·V with P in registers."""
+    ci, h, jv = sch.get_loops("tile")
+    sch.bind(ci, "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    sch.bind(jv, "blockIdx.z")
+    fr = _Fragments(sch, dtype, variant, tunable)
+    fr.gemm("OH_gemm", a="Qg_w", b="H_s", a_frag=True)
+    fr.gemm("A_gemm", a="Qr_w", b="Kr_s", b_nk=True, a_frag=True, b_per_row=True)
+    threads_max = 32 * fr.tiles
+    for name in ("Q_load", "K_load", "G_load", "H_load", "V_load"):
+        _copy(sch, name, fr.nw, threads_max)
+    kr = sch.get_sblock("Kr_load")  # computed while copied (from global memory): no vectors
+    _spread(sch, sch.get_loops(kr)[-3:], fr.nw)
+    sch.storage_align(kr, 0, axis=-2, factor=32, offset=8)
+    fr.elementwise("Qg_calc", buf="Qg_w")
+    fr.elementwise("Qr_calc", buf="Qr_w")
+    fr.diagonal("A_diag", buf="A_w")
+    fr.elementwise("P_mask", buf="P_w")
+    fr.gemm("O_gemm", a="P_w", b="V_s", a_frag=True)
+    fr.elementwise("O_cast", buf="O_w", kind="read")
+    _copy(sch, "O_store", fr.nw, threads_max, align=False)
+
+
 def apply_cuda_chunk_output(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule the split form's output kernel: one CTA per (chunk, head, value tile); Q h, Q Kᵀ and
     P V on tensor cores with every product in registers (warps own 16-row tiles of the chunk), P fed to
@@ -498,8 +583,10 @@ def apply_cuda_chunk_part(sch: Schedule, part: str, variant: LinearVariant, dtyp
                           tunable: bool = False) -> None:
     """Schedule one kernel of the split chunk form (``part``: prep | state | output; the tiles are in
     the compute, built with ``variant``'s)."""
-    {"prep": apply_cuda_chunk_prep, "state": apply_cuda_chunk_state,
-     "output": apply_cuda_chunk_output}[part](sch, variant, dtype, tunable=tunable)
+    gla = _has(sch, "G_load")  # split_gla.py's kernels
+    {"prep": apply_cuda_chunk_prep, "state": apply_cuda_chunk_state_gla if gla else apply_cuda_chunk_state,
+     "output": apply_cuda_chunk_output_gla if gla else apply_cuda_chunk_output}[part](
+        sch, variant, dtype, tunable=tunable)
 
 
 def apply_cuda_recurrent(sch: Schedule, variant: LinearVariant) -> None:

@@ -56,6 +56,7 @@ LINEAR_SPLIT = [
     ("simple_gla", "bfloat16", 128, False), ("simple_gla", "float16", 128, True),
     ("linear_attention", "float16", 64, False), ("gated_delta_rule", "bfloat16", 128, False),
     ("gated_delta_rule", "float16", 128, True), ("delta_rule", "bfloat16", 64, True),
+    ("gla", "bfloat16", 128, False), ("gla", "float16", 64, True),
 ]
 
 
@@ -94,6 +95,23 @@ def test_linear_split_state_design_space_samples_compile():
         assert "mma.sync.aligned.m16n8k16" in src and "cp.async" in src
         assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
     assert warps <= {1, 2, 4}
+
+
+def test_linear_split_gla_warp_counts_compile():
+    # gla's output kernel: every warp count the space can sample (warps own 1, 2 or 4 of the chunk's
+    # sub-chunks: the batched key operand and the diagonal blocks per row tile), and its state kernel
+    # with one and four warps
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_cuda
+    from tvm_attn.schedules.linear import LinearVariant
+
+    for part, variants in (("output", [LinearVariant(block_v=128, warps=w) for w in (1, 2, 4)]),
+                           ("state", [LinearVariant(block_v=32, warps=w, block_k=64, stages=2) for w in (1, 4)])):
+        for variant in variants:
+            spec = LinearSpec("gla", "chunk", 128, 128, "bfloat16", False, 64, part)
+            src = _tvm.cuda_source(build_cuda(spec, "sm_90a", variant))
+            assert f"__launch_bounds__({32 * variant.warps})" in src and "mma.sync.aligned.m16n8k16" in src
+            assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
 
 
 def test_linear_split_state_one_warp_compiles():

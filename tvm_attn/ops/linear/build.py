@@ -53,15 +53,16 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
 
     st = spec.static
     if spec.part:
-        from . import split
+        from . import split, split_gla
 
+        kernels_of = split_gla if st.gate == "vector" else split
         kw = {"chunk_size": spec.chunk, "op_dtype": op_dtype, "smem": scopes.tile, "acc": scopes.acc}
         if spec.part == "prep":
             return split.prep(st, **kw, solve=scopes.solve, frag=scopes.frag)
         if spec.part == "state":
-            return split.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag, solve=scopes.solve,
+            return kernels_of.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag, solve=scopes.solve,
                                min_chunks=max(stages, 1))
-        return split.output(st, **kw, block_v=block_v, frag=scopes.frag)
+        return kernels_of.output(st, **kw, block_v=block_v, frag=scopes.frag)
     if spec.form == "recurrent":
         return compute.recurrent(st, block_v=block_v, mini_batch=max(spec.chunk, 1), scopes=scopes)
     if spec.form == "chunk":

@@ -21,7 +21,8 @@ from .build import LinearSpec, get
 from .kinds import OP_KINDS
 
 # ops whose CUDA chunk form runs as the split kernels of ``split.py`` (prep, state, output)
-SPLIT_OPS = ("linear_attention", "simple_gla", "delta_rule", "gated_delta_rule")
+# (``split_gla.py`` for gla)
+SPLIT_OPS = ("linear_attention", "simple_gla", "gla", "delta_rule", "gated_delta_rule")
 
 
 def _dtype_name(t: torch.Tensor) -> str:
@@ -41,14 +42,14 @@ def _segment_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.T
 
 def _chunk_local_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None, chunk: int) -> torch.Tensor:
     """Cumulative log decay from each chunk's first row (chunks of ``chunk`` rows counted from every
-    sequence's start), fp32 [B, T, H]."""
-    b, t, h = g.shape
+    sequence's start), fp32, shaped like ``g`` ([B, T, H], or [B, T, H, K] for gla)."""
+    b, t, *rest = g.shape
     if cu_seqlens is None:  # an exact fp32 sum per chunk (whole chunks: of a padded copy if T is not)
         nt = math.ceil(t / chunk)
         if t % chunk == 0:  # one scan kernel, no copy
-            return g.float().contiguous().view(b, nt, chunk, h).cumsum(2).view(b, t, h)
-        gp = torch.nn.functional.pad(g.float(), (0, 0, 0, nt * chunk - t))
-        return gp.view(b, nt, chunk, h).cumsum(2).view(b, nt * chunk, h)[:, :t].contiguous()
+            return g.float().contiguous().view(b, nt, chunk, *rest).cumsum(2).view(g.shape)
+        gp = torch.nn.functional.pad(g.float(), (0, 0) * len(rest) + (0, nt * chunk - t))
+        return gp.view(b, nt, chunk, *rest).cumsum(2).view(b, nt * chunk, *rest)[:, :t].contiguous()
     cs = g.double().cumsum(1)  # fp64: the chunk sums are differences of long prefix sums
     pos = torch.arange(t, device=g.device)
     bos = cu_seqlens[torch.searchsorted(cu_seqlens[1:], pos, right=True)].long()
@@ -79,7 +80,7 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                     final_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk form of ``op`` (one of ``SPLIT_OPS``) as the kernels of ``split.py`` launched in
     sequence: prep (delta rules), state, output. Scratch in the operand dtype (fp32 on the CPU):
-    per-chunk states h [chunks, H, V, K] (transposed), and for the delta rules W, U and V' shaped like k / v."""
+    per-chunk states h [chunks, H, V, K] (transposed; [chunks, H, K, V] for gla), and for the delta rules W, U and V' shaped like k / v."""
     gate, rule = OP_KINDS[op]
     b, t, h, kd = q.shape
     vd = v.shape[-1]
@@ -98,7 +99,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
           else initial_state.float().contiguous())
     ht = torch.empty((n, h, kd, vd), dtype=torch.float32, device=dev) if final_state is None else final_state
     o = torch.empty(v.shape, dtype=q.dtype, device=dev) if out is None else out
-    hs = torch.empty((n_chunks, h, vd, kd), dtype=sdt, device=dev)  # each chunk's incoming state, transposed
+    # each chunk's incoming state, transposed ([K, V] for gla, whose decay scales the state's rows)
+    hs = torch.empty((n_chunks, h, kd, vd) if gate == "vector" else (n_chunks, h, vd, kd), dtype=sdt, device=dev)
     if rule == "delta":
         w = torch.empty(k.shape, dtype=sdt, device=dev)
         u = torch.empty(v.shape, dtype=sdt, device=dev)
