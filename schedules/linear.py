@@ -101,12 +101,17 @@ DEFAULT_SPLIT_VARIANTS = {
     "state": LinearVariant(block_v=32, warps=2, unroll=0, block_k=64, stages=2),  # add rule
     "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
     "output": LinearVariant(block_v=128, warps=4, unroll=0),
+    # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
+    "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=2),
 }
 
 
-def default_split_variant(part: str, rule: str) -> LinearVariant:
-    """The default variant of one split kernel (``part``) for an op's state rule (``add`` / ``delta``)."""
-    return DEFAULT_SPLIT_VARIANTS["state_delta" if part == "state" and rule == "delta" else part]
+def default_split_variant(part: str, rule: str, gate: str = "scalar") -> LinearVariant:
+    """The default variant of one split kernel (``part``) for an op's state rule (``add`` / ``delta``)
+    and gate (``none`` / ``scalar`` / ``vector``)."""
+    if part == "state" and (rule == "delta" or gate == "vector"):
+        return DEFAULT_SPLIT_VARIANTS["state_delta" if rule == "delta" else "state_gla"]
+    return DEFAULT_SPLIT_VARIANTS[part]
 UNROLL_CHOICES = (0, 16, 64)
 
 # element-wise blocks of the chunk form: name -> number of trailing loops spread over the CTA's threads
@@ -389,7 +394,9 @@ class _Fragments:
         sch.transform_block_layout(blk, lambda s, i, j, r: (s, *fragment_map(i, j), r))
         s, lane, loc, r = sch.get_loops(blk)[-4:]
         sw, si = sch.split(s, [self.nw, None])
-        sch.reorder(sw, lane, si, r, loc)
+        r, ri = sch.split(r, [None, 4])
+        sch.reorder(sw, lane, si, r, ri, loc)
+        sch.unroll(ri)
         sch.bind(sw, "threadIdx.y")
         sch.bind(lane, "threadIdx.x")
         sch.unroll(si)
@@ -545,9 +552,17 @@ def apply_cuda_chunk_output_gla(sch: Schedule, variant: LinearVariant, dtype: st
     threads_max = 32 * fr.tiles
     for name in ("Q_load", "K_load", "G_load", "H_load", "V_load"):
         _copy(sch, name, fr.nw, threads_max)
-    kr = sch.get_sblock("Kr_load")  # computed while copied (from global memory): no vectors
-    _spread(sch, sch.get_loops(kr)[-3:], fr.nw)
-    sch.storage_align(kr, 0, axis=-2, factor=32, offset=8)
+    # the scaled keys: 8 per thread computed into registers, stored as one 16-byte vector
+    kr = sch.get_sblock("Kr_calc")
+    f = sch.fuse(*sch.get_loops(kr)[-2:])
+    _, ty, tx, vv = sch.split(f, [None, fr.nw, 32, 8])
+    sch.bind(ty, "threadIdx.y")
+    sch.bind(tx, "threadIdx.x")
+    wb = sch.cache_write(kr, 0, "local")
+    sch.reverse_compute_at(wb, tx)
+    sch.unroll(vv)
+    sch.vectorize(sch.get_loops(wb)[-1])
+    sch.storage_align(wb, 0, axis=-2, factor=32, offset=8)
     fr.elementwise("Qg_calc", buf="Qg_w")
     fr.elementwise("Qr_calc", buf="Qr_w")
     fr.diagonal("A_diag", buf="A_w")

@@ -200,14 +200,12 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
             with T.sblock("V_load"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
-        for s, j, kk in T.grid(NB, C, K):
-            with T.sblock("Kr_load"):  # from global memory: a shared -> shared pass would get barriers
-                vs, vj, vk = T.axis.remap("SSS", [s, j, kk])
-                Kr_s[vs * C + vj, vk] = T.Cast(odt, T.Select(
-                    vj < vs * SUB,
-                    T.Cast(F32, k[bsel, _clamped(bos, vc * C + vj, seq_len), vh, vk])
-                    * T.exp(gc[bsel, _clamped(bos, vc * C + vs * SUB, seq_len), vh, vk]
-                            - gc[bsel, _clamped(bos, vc * C + vj, seq_len), vh, vk]), zero))
+        for r, kk in T.grid(NB * C, K):
+            with T.sblock("Kr_calc"):  # row r: key r % C scaled for query sub-chunk r // C
+                vr, vk = T.axis.remap("SS", [r, kk])
+                Kr_s[vr, vk] = T.Cast(odt, T.Select(
+                    vr % C < vr // C * SUB,
+                    T.Cast(F32, K_s[vr % C, vk]) * T.exp(G_s[vr // C * SUB, vk] - G_s[vr % C, vk]), zero))
         with T.sblock("Qg_calc_scope"):
             for i, kk in T.grid(C, K):
                 with T.sblock("Qg_calc"):
