@@ -233,13 +233,16 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     A_w[vi, vj] = A_w[vi, vj] + T.Cast(F32, Qr_w[vi, vk]) * T.Cast(F32, Kr_s[vi // SUB * C + vj, vk])
         with T.sblock("A_diag_scope"):
             for s, i, j, kk in T.grid(NB, SUB, SUB, K):
-                with T.sblock("A_diag"):  # the diagonal blocks over the product's zeros, exact decay
+                # the diagonal blocks over the product's zeros, exact decay. Summed for every (i, j) of
+                # a block, branch-free (a lane's row and column operands are then loaded once per step for
+                # all its elements); the terms above the diagonal (exponents > 0) are dropped by P_mask
+                with T.sblock("A_diag"):
                     vs, vi, vj, vk = T.axis.remap("SSSR", [s, i, j, kk])
                     with T.init():
                         A_w[vs * SUB + vi, vs * SUB + vj] = zero
-                    A_w[vs * SUB + vi, vs * SUB + vj] = A_w[vs * SUB + vi, vs * SUB + vj] + T.Select(
-                        vj <= vi, T.Cast(F32, Q_s[vs * SUB + vi, vk]) * T.Cast(F32, K_s[vs * SUB + vj, vk])
-                        * T.exp(G_s[vs * SUB + vi, vk] - G_s[vs * SUB + vj, vk]), zero)
+                    A_w[vs * SUB + vi, vs * SUB + vj] = A_w[vs * SUB + vi, vs * SUB + vj] + (
+                        T.Cast(F32, Q_s[vs * SUB + vi, vk]) * T.Cast(F32, K_s[vs * SUB + vj, vk])
+                        * T.exp(G_s[vs * SUB + vi, vk] - G_s[vs * SUB + vj, vk]))
         for i, j in T.grid(C, C):
             with T.sblock("P_mask"):
                 vi, vj = T.axis.remap("SS", [i, j])
