@@ -102,7 +102,7 @@ DEFAULT_SPLIT_VARIANTS = {
     "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
     "output": LinearVariant(block_v=128, warps=4, unroll=0),
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
-    "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=2),
+    "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=3),
 }
 
 
@@ -552,16 +552,22 @@ def apply_cuda_chunk_output_gla(sch: Schedule, variant: LinearVariant, dtype: st
     threads_max = 32 * fr.tiles
     for name in ("Q_load", "K_load", "G_load", "H_load", "V_load"):
         _copy(sch, name, fr.nw, threads_max)
-    # the scaled keys: 8 per thread computed into registers, stored as one 16-byte vector
+    # the scaled keys, 8 per thread and step: their rows of k and b read from global memory as 16-byte
+    # vectors into registers (every step's loads can be in flight together: no barrier between steps),
+    # computed there and stored as one 16-byte vector
     kr = sch.get_sblock("Kr_calc")
     f = sch.fuse(*sch.get_loops(kr)[-2:])
-    _, ty, tx, vv = sch.split(f, [None, fr.nw, 32, 8])
+    steps, ty, tx, vv = sch.split(f, [None, fr.nw, 32, 8])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
+    for name in ("Kr_k", "Kr_b", "Kr_ref"):
+        sch.compute_at(sch.get_sblock(name), tx)
+        sch.vectorize(sch.get_loops(name)[-1])
     wb = sch.cache_write(kr, 0, "local")
     sch.reverse_compute_at(wb, tx)
     sch.unroll(vv)
     sch.vectorize(sch.get_loops(wb)[-1])
+    sch.unroll(steps)
     sch.storage_align(wb, 0, axis=-2, factor=32, offset=8)
     fr.elementwise("Qg_calc", buf="Qg_w")
     fr.elementwise("Qr_calc", buf="Qr_w")

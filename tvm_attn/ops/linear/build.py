@@ -62,6 +62,8 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
         if spec.part == "state":
             return kernels_of.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag, solve=scopes.solve,
                                min_chunks=max(stages, 1))
+        if st.gate == "vector":
+            kw["solve"] = scopes.solve
         return kernels_of.output(st, **kw, block_v=block_v, frag=scopes.frag)
     if spec.form == "recurrent":
         return compute.recurrent(st, block_v=block_v, mini_batch=max(spec.chunk, 1), scopes=scopes)

@@ -145,7 +145,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
 
 
 def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | None = None,
-           smem: str = "global", acc: str = "global", frag: str = "global"):
+           smem: str = "global", acc: str = "global", frag: str = "global", solve: str = "global"):
     """Build the PrimFunc ``main`` of gla's output pass, per (chunk, head, value tile):
 
         Qg = odt(Q ⊙ eᵇ);  O = Qg h[c]                                    (tensor cores)
@@ -174,6 +174,9 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         H_s = T.sblock_alloc_buffer((K, BV), odt, scope=smem)  # h[c]
         V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)
         Kr_s = T.sblock_alloc_buffer((NB * C, K), odt, scope=smem)  # the keys scaled for each query sub-chunk
+        Kr_kl = T.sblock_alloc_buffer((NB * C, K), dt, scope=solve)  # its operands: k, b, the reference b
+        Kr_bl = T.sblock_alloc_buffer((NB * C, K), F32, scope=solve)
+        Kr_rl = T.sblock_alloc_buffer((NB * C, K), F32, scope=solve)
         Qg_w = T.sblock_alloc_buffer((C, K), odt, scope=frag)
         Qr_w = T.sblock_alloc_buffer((C, K), odt, scope=frag)
         O_w = T.sblock_alloc_buffer((C, BV), F32, scope=frag)
@@ -200,12 +203,26 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
             with T.sblock("V_load"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
+        # Kr row r: key r % C scaled for query sub-chunk r // C. Its operands are read from global memory
+        # (as the tiles are) into ``solve`` (registers on CUDA): computed from the shared tiles into
+        # shared memory, every step would need a barrier
         for r, kk in T.grid(NB * C, K):
-            with T.sblock("Kr_calc"):  # row r: key r % C scaled for query sub-chunk r // C
+            with T.sblock("Kr_k"):
+                vr, vk = T.axis.remap("SS", [r, kk])
+                Kr_kl[vr, vk] = k[bsel, _clamped(bos, vc * C + vr % C, seq_len), vh, vk]
+        for r, kk in T.grid(NB * C, K):
+            with T.sblock("Kr_b"):
+                vr, vk = T.axis.remap("SS", [r, kk])
+                Kr_bl[vr, vk] = gc[bsel, _clamped(bos, vc * C + vr % C, seq_len), vh, vk]
+        for r, kk in T.grid(NB * C, K):
+            with T.sblock("Kr_ref"):
+                vr, vk = T.axis.remap("SS", [r, kk])
+                Kr_rl[vr, vk] = gc[bsel, _clamped(bos, vc * C + vr // C * SUB, seq_len), vh, vk]
+        for r, kk in T.grid(NB * C, K):
+            with T.sblock("Kr_calc"):
                 vr, vk = T.axis.remap("SS", [r, kk])
                 Kr_s[vr, vk] = T.Cast(odt, T.Select(
-                    vr % C < vr // C * SUB,
-                    T.Cast(F32, K_s[vr % C, vk]) * T.exp(G_s[vr // C * SUB, vk] - G_s[vr % C, vk]), zero))
+                    vr % C < vr // C * SUB, T.Cast(F32, Kr_kl[vr, vk]) * T.exp(Kr_rl[vr, vk] - Kr_bl[vr, vk]), zero))
         with T.sblock("Qg_calc_scope"):
             for i, kk in T.grid(C, K):
                 with T.sblock("Qg_calc"):
@@ -234,15 +251,17 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         with T.sblock("A_diag_scope"):
             for s, i, j, kk in T.grid(NB, SUB, SUB, K):
                 # the diagonal blocks over the product's zeros, exact decay. Summed for every (i, j) of
-                # a block, branch-free (a lane's row and column operands are then loaded once per step for
-                # all its elements); the terms above the diagonal (exponents > 0) are dropped by P_mask
+                # a block but its upper-right 8x8 quadrant (a condition on the register, not the lane),
+                # without a per-element branch (a lane's row and column operands are then loaded once
+                # per step for all its elements); terms above the diagonal are dropped by P_mask
                 with T.sblock("A_diag"):
                     vs, vi, vj, vk = T.axis.remap("SSSR", [s, i, j, kk])
                     with T.init():
                         A_w[vs * SUB + vi, vs * SUB + vj] = zero
-                    A_w[vs * SUB + vi, vs * SUB + vj] = A_w[vs * SUB + vi, vs * SUB + vj] + (
+                    A_w[vs * SUB + vi, vs * SUB + vj] = A_w[vs * SUB + vi, vs * SUB + vj] + T.if_then_else(
+                        vj // 8 <= vi // 8,
                         T.Cast(F32, Q_s[vs * SUB + vi, vk]) * T.Cast(F32, K_s[vs * SUB + vj, vk])
-                        * T.exp(G_s[vs * SUB + vi, vk] - G_s[vs * SUB + vj, vk]))
+                        * T.exp(G_s[vs * SUB + vi, vk] - G_s[vs * SUB + vj, vk]), zero)
         for i, j in T.grid(C, C):
             with T.sblock("P_mask"):
                 vi, vj = T.axis.remap("SS", [i, j])
