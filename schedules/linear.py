@@ -31,6 +31,13 @@ CUDA:
   2-element pieces of 8 rows: stored directly they cost 4x the L2 sectors, which bounded the state
   kernel). Tiles and the pipeline depth are compute-level variants (``DEFAULT_SPLIT_VARIANTS``); the
   warp count is a ``sample_perfect_tile`` knob in each.
+* gla's split kernels (``apply_cuda_chunk_state_gla`` / ``apply_cuda_chunk_output_gla``;
+  ``ops/linear/split_gla.py``): the state [key, value] in registers, warps owning its 16-row key tiles,
+  the decayed keys (the A operand) computed lane by lane; the output's sub-chunk scores Qr·Kr[s]ᵀ with a
+  batched B operand (``gemm(b_per_row=True)``), its diagonal 16x16 blocks summed on CUDA cores in the
+  lanes that hold them (``_Fragments.diagonal``), the scaled keys' operands read as 16-byte vectors into
+  registers (a shared -> shared pass would need a barrier per step: the kernel's shared buffers are one
+  pool to TVM's barrier planner).
 * parallel forms (``apply_cuda_parallel``): one CTA per (sequence, head, value tile, query tile); Q Kᵀ
   and P V of each key tile on tensor cores.
 * recurrent forms (``apply_cuda_recurrent``): CUDA cores; one thread per state column, the column of

@@ -1,6 +1,6 @@
 """The chunk form split into kernels launched in sequence (the structure of flash-linear-attention's
 chunk forward), for the scalar-gated and ungated ops: ``linear_attention``, ``simple_gla``,
-``delta_rule``, ``gated_delta_rule``.
+``delta_rule``, ``gated_delta_rule`` (``split_gla.py``: gla's state and output kernels).
 
     prep    (delta rules) one tile per (chunk, head), all chunks in parallel:
                 L = strict_tril(diag(β) (K Kᵀ) ⊙ Γ),  Tm = (I + L)⁻¹
