@@ -436,10 +436,8 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     _check(st)
     K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
     odt = op_dtype or dt
-    gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
+    gated, delta = st.gate != "none", st.rule == "delta"
     assert V % BV == 0
-    QB, NS, Tv, Hv, NCv = _axes(st)
-    NTt = tirx.Var("NTt", "int32")
     zero = tirx.const(0.0, F32)
 
     @T.macro
@@ -524,10 +522,24 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                 if vc * C + vi < seq_len:
                     o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = O_s[vi, vj]
 
+    return _keep_params(_output_main(st, chunk_size=C, block_v=BV, op_dtype=odt, body=body), signature(st, "output"))
+
+
+def _output_main(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str, body):
+    """The output kernel's PrimFunc (this module's and ``split_gla``'s): one tile per (chunk, head, value
+    tile), its rows located (dense or varlen), then ``body`` (a macro taking q, k, v, vn, gc, h, o,
+    scale, batch row, head, value tile, chunk of the sequence, sequence start, length, chunk row of h)."""
+    K, V, C, BV, dt, odt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype, op_dtype
+    gated, vector, delta, varlen = st.gate != "none", st.gate == "vector", st.rule == "delta", st.varlen
+    QB, NS, Tv, Hv, NCv = _axes(st)
+    NTt = tirx.Var("NTt", "int32")
+    gc_shape = (QB, Tv, Hv, K) if vector else (QB, Tv, Hv) if gated else (1,)
+    h_shape = (NTt, Hv, K, V) if vector else (NTt, Hv, V, K)  # gla's state is [K, V]
+
     @T.prim_func(s_tir=True)
     def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
              v: T.Buffer((QB, Tv, Hv, V), dt), vn: T.Buffer((QB, Tv, Hv, V), odt),
-             gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), h: T.Buffer((NTt, Hv, V, K), odt),
+             gc: T.Buffer(gc_shape, F32), h: T.Buffer(h_shape, odt),
              cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
              chunk_indices: T.Buffer((NTt, 2) if varlen else (1, 2), "int32"),
              o: T.Buffer((QB, Tv, Hv, V), dt), scale: T.float32):
@@ -535,9 +547,10 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         for ci, hh, jv in T.grid(_chunk_grid(st, C, QB, Tv, NTt), Hv, V // BV):
             with T.sblock("tile"):
                 vci, vh, vv = T.axis.remap("SSS", [ci, hh, jv])
-                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K], h[0:NTt, vh, 0:V, 0:K]]
+                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K],
+                           h[0:NTt, vh, 0:K, 0:V] if vector else h[0:NTt, vh, 0:V, 0:K]]
                           + ([vn[0:QB, 0:Tv, vh, 0:V]] if delta else [v[0:QB, 0:Tv, vh, 0:V]])
-                          + ([gc[0:QB, 0:Tv, vh]] if gated else [])
+                          + ([gc[0:QB, 0:Tv, vh, 0:K]] if vector else [gc[0:QB, 0:Tv, vh]] if gated else [])
                           + ([cu_seqlens[0:NCv], chunk_indices[vci, 0:2]] if varlen else [])))
                 T.writes(o[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV])
                 if varlen:
@@ -549,4 +562,4 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     nt: T.let = T.ceildiv(Tv, C)
                     body(q, k, v, vn, gc, h, o, scale, vci // nt, vh, vv, vci % nt, 0, Tv, vci)
 
-    return _keep_params(main, signature(st, "output"))
+    return main

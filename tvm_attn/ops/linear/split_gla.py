@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _keep_params
-from .split import _chunk_grid, _clamped, signature
+from .split import _clamped, _output_main, signature
 
 SUB = 16  # rows of a sub-chunk (an mma tile)
 
@@ -159,15 +159,12 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     _check(st)
     K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
     odt = op_dtype or dt
-    varlen = st.varlen
     assert V % BV == 0 and C % SUB == 0
     NB = C // SUB
-    QB, NS, Tv, Hv, NCv = _axes(st)
-    NTt = tirx.Var("NTt", "int32")
     zero = tirx.const(0.0, F32)
 
     @T.macro
-    def body(q, k, v, gc, h, o, scale, bsel, vh, vv, vc, bos, seq_len, cidx):
+    def body(q, k, v, vn, gc, h, o, scale, bsel, vh, vv, vc, bos, seq_len, cidx):  # (vn: the delta rules')
         Q_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
         K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
         G_s = T.sblock_alloc_buffer((C, K), F32, scope=smem)
@@ -284,28 +281,4 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                 if vc * C + vi < seq_len:
                     o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = O_s[vi, vj]
 
-    @T.prim_func(s_tir=True)
-    def main(q: T.Buffer((QB, Tv, Hv, K), dt), k: T.Buffer((QB, Tv, Hv, K), dt),
-             v: T.Buffer((QB, Tv, Hv, V), dt), gc: T.Buffer((QB, Tv, Hv, K), F32),
-             h: T.Buffer((NTt, Hv, K, V), odt),
-             cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
-             chunk_indices: T.Buffer((NTt, 2) if varlen else (1, 2), "int32"),
-             o: T.Buffer((QB, Tv, Hv, V), dt), scale: T.float32):
-        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        for ci, hh, jv in T.grid(_chunk_grid(st, C, QB, Tv, NTt), Hv, V // BV):
-            with T.sblock("tile"):
-                vci, vh, vv = T.axis.remap("SSS", [ci, hh, jv])
-                T.reads(*([q[0:QB, 0:Tv, vh, 0:K], k[0:QB, 0:Tv, vh, 0:K], v[0:QB, 0:Tv, vh, 0:V],
-                           gc[0:QB, 0:Tv, vh, 0:K], h[0:NTt, vh, 0:K, 0:V]]
-                          + ([cu_seqlens[0:NCv], chunk_indices[vci, 0:2]] if varlen else [])))
-                T.writes(o[0:QB, 0:Tv, vh, vv * BV:vv * BV + BV])
-                if varlen:
-                    seq: T.let = chunk_indices[vci, 0]
-                    bos: T.let = cu_seqlens[seq]
-                    body(q, k, v, gc, h, o, scale, 0, vh, vv, chunk_indices[vci, 1], bos,
-                         cu_seqlens[seq + 1] - bos, vci)
-                else:
-                    nt: T.let = T.ceildiv(Tv, C)
-                    body(q, k, v, gc, h, o, scale, vci // nt, vh, vv, vci % nt, 0, Tv, vci)
-
-    return _keep_params(main, signature(st, "output"))
+    return _keep_params(_output_main(st, chunk_size=C, block_v=BV, op_dtype=odt, body=body), signature(st, "output"))
