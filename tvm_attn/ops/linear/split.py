@@ -440,6 +440,8 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     assert V % BV == 0
     zero = tirx.const(0.0, F32)
 
+    tail = _output_tail(st, chunk_size=C, block_v=BV)
+
     @T.macro
     def body(q, k, v, vn, gc, h, o, scale, bsel, vh, vv, vc, bos, seq_len, cidx):
         Q_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
@@ -504,23 +506,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj] * T.exp(b_s[vi] - b_s[vj]), zero))
                 else:
                     P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj], zero))
-        with T.sblock("O_scope"):
-            for i, j, l in T.grid(C, BV, C):
-                with T.sblock("O_gemm"):
-                    vi, vj, vl = T.axis.remap("SSR", [i, j, l])
-                    with T.init():
-                        O_w[vi, vj] = O_w[vi, vj]
-                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, P_w[vi, vl]) * T.Cast(F32, V_s[vl, vj])
-        with T.sblock("O_cast_scope"):
-            for i, j in T.grid(C, BV):
-                with T.sblock("O_cast"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    O_s[vi, vj] = T.Cast(dt, O_w[vi, vj] * scale)
-        for i, j in T.grid(C, BV):
-            with T.sblock("O_store"):
-                vi, vj = T.axis.remap("SS", [i, j])
-                if vc * C + vi < seq_len:
-                    o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = O_s[vi, vj]
+        tail(P_w, V_s, O_w, O_s, o, scale, bsel, vh, vv, vc, bos, seq_len)
 
     return _keep_params(_output_main(st, chunk_size=C, block_v=BV, op_dtype=odt, body=body), signature(st, "output"))
 
@@ -563,3 +549,32 @@ def _output_main(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: s
                     body(q, k, v, vn, gc, h, o, scale, vci // nt, vh, vv, vci % nt, 0, Tv, vci)
 
     return main
+
+
+def _output_tail(st: LinearStatic, *, chunk_size: int, block_v: int):
+    """The output kernels' last steps (this module's and ``split_gla``'s), a macro: O += P V (P, the
+    masked scores, in the operand dtype), rounded once as scale · O into ``O_s``, whose rows inside the
+    sequence are stored."""
+    C, BV, dt = chunk_size, block_v, st.dtype
+
+    @T.macro
+    def tail(P_w, V_s, O_w, O_s, o, scale, bsel, vh, vv, vc, bos, seq_len):
+        with T.sblock("O_scope"):
+            for i, j, l in T.grid(C, BV, C):
+                with T.sblock("O_gemm"):
+                    vi, vj, vl = T.axis.remap("SSR", [i, j, l])
+                    with T.init():
+                        O_w[vi, vj] = O_w[vi, vj]
+                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, P_w[vi, vl]) * T.Cast(F32, V_s[vl, vj])
+        with T.sblock("O_cast_scope"):
+            for i, j in T.grid(C, BV):
+                with T.sblock("O_cast"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    O_s[vi, vj] = T.Cast(dt, O_w[vi, vj] * scale)
+        for i, j in T.grid(C, BV):
+            with T.sblock("O_store"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                if vc * C + vi < seq_len:
+                    o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = O_s[vi, vj]
+
+    return tail

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _keep_params
-from .split import _clamped, _output_main, signature
+from .split import _clamped, _output_main, _output_tail, signature
 
 SUB = 16  # rows of a sub-chunk (an mma tile)
 
@@ -162,6 +162,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     assert V % BV == 0 and C % SUB == 0
     NB = C // SUB
     zero = tirx.const(0.0, F32)
+    tail = _output_tail(st, chunk_size=C, block_v=BV)
 
     @T.macro
     def body(q, k, v, vn, gc, h, o, scale, bsel, vh, vv, vc, bos, seq_len, cidx):  # (vn: the delta rules')
@@ -263,22 +264,6 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
             with T.sblock("P_mask"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj], zero))
-        with T.sblock("O_scope"):
-            for i, j, l in T.grid(C, BV, C):
-                with T.sblock("O_gemm"):
-                    vi, vj, vl = T.axis.remap("SSR", [i, j, l])
-                    with T.init():
-                        O_w[vi, vj] = O_w[vi, vj]
-                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, P_w[vi, vl]) * T.Cast(F32, V_s[vl, vj])
-        with T.sblock("O_cast_scope"):
-            for i, j in T.grid(C, BV):
-                with T.sblock("O_cast"):
-                    vi, vj = T.axis.remap("SS", [i, j])
-                    O_s[vi, vj] = T.Cast(dt, O_w[vi, vj] * scale)
-        for i, j in T.grid(C, BV):
-            with T.sblock("O_store"):
-                vi, vj = T.axis.remap("SS", [i, j])
-                if vc * C + vi < seq_len:
-                    o[bsel, bos + vc * C + vi, vh, vv * BV + vj] = O_s[vi, vj]
+        tail(P_w, V_s, O_w, O_s, o, scale, bsel, vh, vv, vc, bos, seq_len)
 
     return _keep_params(_output_main(st, chunk_size=C, block_v=BV, op_dtype=odt, body=body), signature(st, "output"))
