@@ -109,6 +109,7 @@ DEFAULT_SPLIT_VARIANTS = {
     "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
     "output": LinearVariant(block_v=128, warps=4, unroll=0),
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
+    # (bench/results/h200/linear-gla-kernels-20261128.json)
     "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=3),
 }
 
@@ -389,7 +390,6 @@ class _Fragments:
         sch.bind(lane, "threadIdx.x")
         for lp in serial:  # register arrays need compile-time indices
             sch.unroll(lp)
-
 
     def diagonal(self, name: str, *, buf: str) -> None:
         """Map a reduction over the diagonal 16x16 tiles of a row-split fragment buffer ``buf`` (block

@@ -99,8 +99,8 @@ def test_linear_split_state_design_space_samples_compile():
 
 def test_linear_split_gla_warp_counts_compile():
     # gla's output kernel: every warp count the space can sample (warps own 1, 2 or 4 of the chunk's
-    # sub-chunks: the batched key operand and the diagonal blocks per row tile), and its state kernel
-    # with one and four warps
+    # sub-chunks: the batched key operand and the diagonal blocks per row tile), its state kernel with
+    # one and four warps, and both at chunk 32
     from tvm_attn.ops.linear.build import LinearSpec
     from tvm_attn.ops.linear.cuda import build_cuda
     from tvm_attn.schedules.linear import LinearVariant
@@ -112,6 +112,9 @@ def test_linear_split_gla_warp_counts_compile():
             src = _tvm.cuda_source(build_cuda(spec, "sm_90a", variant))
             assert f"__launch_bounds__({32 * variant.warps})" in src and "mma.sync.aligned.m16n8k16" in src
             assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
+    for part in ("state", "output"):  # two sub-chunks per chunk, K = V = 64, varlen, default variants
+        src = _tvm.cuda_source(build_cuda(LinearSpec("gla", "chunk", 64, 64, "float16", True, 32, part), "sm_90a"))
+        assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
 
 
 def test_linear_split_state_one_warp_compiles():

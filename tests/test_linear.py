@@ -157,7 +157,7 @@ def test_split_chunk_against_reference(op: str):
         check(f"split {op} {s} {dtype}", op, "chunk", inp, chunk=64, dtype=dtype, split=True)
 
 
-@pytest.mark.parametrize("op", ["simple_gla", "gated_delta_rule"])
+@pytest.mark.parametrize("op", ["simple_gla", "gla", "gated_delta_rule"])
 def test_split_chunk_sizes(op: str):
     inp = make_inputs(op, shape(seqlens=[100, 17, 33]), "float32", "cpu", seed=18)
     for c in (16, 128):

@@ -100,7 +100,8 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                     with T.sblock("Kd_calc"):
                         vk, vi = T.axis.remap("SS", [kk, i])
                         Kd_w[vk, vi] = T.Cast(odt, T.Select(
-                            vc * C + vi < seq_len, T.Cast(F32, K_s[vi, vk]) * T.exp(G_s[C - 1, vk] - G_s[vi, vk]), zero))
+                            vc * C + vi < seq_len,
+                            T.Cast(F32, K_s[vi, vk]) * T.exp(G_s[C - 1, vk] - G_s[vi, vk]), zero))
             with T.sblock("S_decay_scope"):
                 vc = T.axis.remap("S", [c])
                 for kk, j, r in T.grid(BK, BV, 1):

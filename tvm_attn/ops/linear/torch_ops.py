@@ -80,7 +80,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                     final_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk form of ``op`` (one of ``SPLIT_OPS``) as the kernels of ``split.py`` launched in
     sequence: prep (delta rules), state, output. Scratch in the operand dtype (fp32 on the CPU):
-    per-chunk states h [chunks, H, V, K] (transposed; [chunks, H, K, V] for gla), and for the delta rules W, U and V' shaped like k / v."""
+    per-chunk states h [chunks, H, V, K] (transposed; [chunks, H, K, V] for gla), and for the delta rules
+    W, U and V' shaped like k / v."""
     gate, rule = OP_KINDS[op]
     b, t, h, kd = q.shape
     vd = v.shape[-1]
