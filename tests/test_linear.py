@@ -172,14 +172,15 @@ def test_split_chunk_layout_and_cumsum():
     assert n_chunks == 4 and offsets.tolist() == [0, 1, 1, 3, 4]
     assert indices.tolist() == [[0, 0], [2, 0], [2, 1], [3, 0]]
     assert _chunk_layout(None, 3, 17, 8)[0] == 9
-    g = -torch.rand(1, 22, 2)
-    gc = _chunk_local_cumsum(g, cu, 8)
-    for s, e in zip(cu.tolist(), cu.tolist()[1:]):
-        for c0 in range(s, e, 8):
-            c1 = min(c0 + 8, e)
-            torch.testing.assert_close(gc[:, c0:c1], g[:, c0:c1].cumsum(1), rtol=1e-6, atol=1e-6)
-    for t in (19, 16):  # a padded last chunk, and whole chunks only
-        gd = -torch.rand(2, t, 3)
+    for g in (-torch.rand(1, 22, 2), -torch.rand(1, 22, 2, 3)):  # scalar and per-channel (gla) gates
+        gc = _chunk_local_cumsum(g, cu, 8)
+        assert gc.shape == g.shape and gc.dtype == torch.float32 and gc.is_contiguous()
+        for s, e in zip(cu.tolist(), cu.tolist()[1:]):
+            for c0 in range(s, e, 8):
+                c1 = min(c0 + 8, e)
+                torch.testing.assert_close(gc[:, c0:c1], g[:, c0:c1].cumsum(1), rtol=1e-6, atol=1e-6)
+    for t, rest in ((19, (3,)), (16, (3,)), (19, (3, 4))):  # a padded last chunk, whole chunks only; gla
+        gd = -torch.rand(2, t, *rest)
         gcd = _chunk_local_cumsum(gd, None, 8)
         assert gcd.shape == gd.shape and gcd.dtype == torch.float32 and gcd.is_contiguous()
         for c0 in range(0, t, 8):

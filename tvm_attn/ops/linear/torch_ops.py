@@ -50,12 +50,17 @@ def _chunk_local_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None, chunk:
             return g.float().contiguous().view(b, nt, chunk, *rest).cumsum(2).view(g.shape)
         gp = torch.nn.functional.pad(g.float(), (0, 0) * len(rest) + (0, nt * chunk - t))
         return gp.view(b, nt, chunk, *rest).cumsum(2).view(b, nt * chunk, *rest)[:, :t].contiguous()
-    cs = g.double().cumsum(1)  # fp64: the chunk sums are differences of long prefix sums
+    # varlen (B = 1): every chunk's rows scattered into a zero-padded [chunks, chunk] grid, summed there
+    # in fp32 as the dense path does (no long prefix sums, no host read: a sequence adds at most one
+    # partial chunk, so ceil(T / chunk) + N rows of the grid suffice)
     pos = torch.arange(t, device=g.device)
     bos = cu_seqlens[torch.searchsorted(cu_seqlens[1:], pos, right=True)].long()
-    start = bos + (pos - bos) // chunk * chunk
-    before = torch.cat([torch.zeros_like(cs[:, :1]), cs], 1)[:, start]  # cumsum up to start - 1
-    return (cs - before).float().contiguous()
+    r = (pos - bos) % chunk  # row within its chunk
+    cid = torch.cumsum((r == 0).long(), 0) - 1  # chunk of each row, counted over the batch
+    grid = torch.zeros((math.ceil(t / chunk) + cu_seqlens.shape[0] - 1, chunk, *rest), dtype=torch.float32,
+                       device=g.device)
+    grid[cid, r] = g[0].float()
+    return grid.cumsum(1)[cid, r].unsqueeze(0).contiguous()
 
 
 def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int):
