@@ -164,6 +164,19 @@ def test_split_chunk_sizes(op: str):
         check(f"split {op} chunk={c}", op, "chunk", inp, chunk=c, dtype="float32", split=True)
 
 
+def test_split_gla_strong_decay():
+    # channels that forget almost everything every step (log decay -30: 450 nats across a 16-row
+    # sub-chunk, far past fp32's range) next to ones that barely decay: every exponent the gla kernels
+    # take must stay <= 0, or a factor overflows (inf * 0 = NaN) or underflows a term that matters
+    for dtype in ("float32", "bfloat16"):
+        inp = make_inputs("gla", shape(seqlens=[70, 1, 33]), dtype, "cpu", seed=21)
+        g = inp["g"].clone()
+        g[..., ::2] = -30.0
+        g[..., 1::4] = -1e-3
+        inp["g"] = g
+        check(f"split gla strong decay {dtype}", "gla", "chunk", inp, chunk=64, dtype=dtype, split=True)
+
+
 def test_split_chunk_layout_and_cumsum():
     from tvm_attn.ops.linear.torch_ops import _chunk_layout, _chunk_local_cumsum
 
