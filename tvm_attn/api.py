@@ -29,6 +29,17 @@ def _check_tensor(name: str, t, ndim: int, dims: str) -> None:
                         f"tvm-attn takes {allowed}")
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (layout {dims}); call .contiguous() first")
+    if t.device.type == "cuda":
+        check_aligned(name, t)
+
+
+def check_aligned(name: str, t: torch.Tensor) -> None:
+    """The CUDA kernels copy rows as 16-byte vectors: a tensor whose data starts inside one (a view with
+    an odd storage offset) would fault the device, so it is refused by name."""
+    if t.data_ptr() % 16:
+        raise ValueError(f"{name} does not start at a 16-byte aligned address (a view with a storage offset "
+                         f"of {t.storage_offset()} elements); the CUDA kernels load 16-byte vectors: call "
+                         f".clone() first")
 
 
 def check_like_q(q: torch.Tensor, **others: torch.Tensor) -> None:
