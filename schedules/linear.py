@@ -579,10 +579,7 @@ def apply_cuda_chunk_output_gla(sch: Schedule, variant: LinearVariant, dtype: st
     fr.elementwise("Qg_calc", buf="Qg_w")
     fr.elementwise("Qr_calc", buf="Qr_w")
     fr.diagonal("A_diag", buf="A_w")
-    fr.elementwise("P_mask", buf="P_w")
-    fr.gemm("O_gemm", a="P_w", b="V_s", a_frag=True)
-    fr.elementwise("O_cast", buf="O_w", kind="read")
-    _copy(sch, "O_store", fr.nw, threads_max, align=False)
+    _output_tail(sch, fr)
 
 
 def apply_cuda_chunk_output(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
@@ -599,10 +596,16 @@ def apply_cuda_chunk_output(sch: Schedule, variant: LinearVariant, dtype: str, *
     for name in ("Q_load", "K_load", "H_load", "V_load", "b_load"):
         if _has(sch, name):
             _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name == "b_load")
-    fr.elementwise("P_mask", buf="P_w")
-    fr.gemm("O_gemm", a="P_w", b="V_s", a_frag=True)
     if _has(sch, "O_decay"):
         fr.elementwise("O_decay", buf="O_w", in_place=True)
+    _output_tail(sch, fr)
+
+
+def _output_tail(sch: Schedule, fr: _Fragments) -> None:
+    """The output kernels' last steps (``split._output_tail``): the masked scores P in registers fed to
+    P·V as its A operand, O rounded into shared memory and stored as 16-byte rows."""
+    fr.elementwise("P_mask", buf="P_w")
+    fr.gemm("O_gemm", a="P_w", b="V_s", a_frag=True)
     fr.elementwise("O_cast", buf="O_w", kind="read")
     _copy(sch, "O_store", fr.nw, 32 * fr.tiles, align=False)
 
