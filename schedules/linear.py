@@ -360,6 +360,20 @@ class _Fragments:
         sch.tensorize(sch.get_loops(name)[-3], self.intrin["mma_b_nk" if b_nk else "mma"])
         _bind_fragment_init(sch, f"{name}_init")
 
+    def load_transposed(self, name: str, *, buf: str) -> None:
+        """A copy ``buf[m, k] = shared[k, m]`` (block loops k, m) into A fragments of the transpose, one
+        ldmatrix.trans per 16x16 tile, done whole by every warp (an A operand of a column-split product)."""
+        sch = self.sch
+        blk = sch.get_sblock(name)
+        self._layout(blk, "write", 0, buf)
+        k, m = sch.get_loops(blk)[-2:]
+        k0, k1 = sch.split(k, [None, 16])
+        m0, m1 = sch.split(m, [None, 16])
+        sch.reorder(m0, k0, k1, m1)
+        sch.unroll(m0)
+        sch.unroll(k0)
+        sch.tensorize(k1, self.intrin["load_a_t"])
+
     def elementwise(self, name: str, *, buf: str, kind: str = "write", in_place: bool = False,
                     replicate: bool = False) -> None:
         """Map a pass over a fragment buffer ``buf`` onto the lanes that hold it: split over the warps as
@@ -497,6 +511,8 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     threads_max = 32 * fr.tiles
     for name in loads:
         _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
+    if _has(sch, "Vt_load"):  # add rule: Vᵀ by ldmatrix.trans, then decayed in the registers
+        fr.load_transposed("Vt_load", buf="Vt_w")
     fr.elementwise("V_decay", buf="Vd_w", replicate=True)
     for name in ("S_init", "S_cast", "ht_store"):
         fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")

@@ -72,6 +72,8 @@ def import_tensor_intrin() -> None:
     finally:
         inspect.stack = orig
     _register_bf16()
+    for dt in ("float16", "bfloat16"):
+        _register_a_trans(dt)
 
 
 # TVM 0.27 registers f16, int8 and fp8 mma.sync intrinsics but no bf16 one. ldmatrix moves 16-bit words
@@ -109,6 +111,58 @@ def _bf16_script(script: str) -> str:
                   flags=re.M)
 
 
+def _a_trans_name(dtype: str) -> str:
+    return f"{_BF16_PREFIX}ldmatrix_{'f16' if dtype == 'float16' else 'bf16'}_a_trans_frag_dyn"
+
+
+def _register_a_trans(dtype: str) -> None:
+    """ldmatrix.trans of a 16x16 tile stored [K, M] (row k holds 16 m's) into the mma A fragment of its
+    transpose, described element by element in the fragment's own (m, k) layout. TVM's own A-trans
+    intrinsic describes its result in the (k, m) layout its trans-A mma expects, so an element-wise pass
+    over the fragment (e.g. a per-k scale) could not be written against it."""
+    name = _a_trans_name(dtype)
+    try:
+        TensorIntrin.get(name)
+        return
+    except Exception:  # noqa: BLE001  (not registered yet: TVM raises a generic error)
+        pass
+    from tvm.s_tir.tensor_intrin.cuda import shared_16x16_to_ldmatrix_32x8_layout as frag
+
+    @T.prim_func(s_tir=True)
+    def desc(warp_handle: T.handle, shared_handle: T.handle) -> None:
+        shared = T.match_buffer(shared_handle, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn")
+        warp = T.match_buffer(warp_handle, (32, 8), dtype, align=64, offset_factor=16, scope="warp")
+        with T.sblock("root"):
+            T.reads(shared[0:16, 0:16])
+            T.writes(warp[0:32, 0:8])
+            for ax0, ax1 in T.grid(16, 16):
+                with T.sblock("shared_warp"):
+                    v0, v1 = T.axis.remap("SS", [ax0, ax1])  # (k, m)
+                    T.reads(shared[v0, v1])
+                    lane, reg = T.meta_var(frag(v1, v0))
+                    T.writes(warp[lane, reg])
+                    warp[lane, reg] = shared[v0, v1]
+
+    @T.prim_func(s_tir=True)
+    def impl(warp_handle: T.handle, shared_handle: T.handle) -> None:
+        s0 = T.int32()
+        s1 = T.int32()
+        shared = T.match_buffer(shared_handle, (16, 16), dtype, align=64, offset_factor=16, scope="shared.dyn",
+                                strides=[s0, s1])
+        warp = T.match_buffer(warp_handle, (32, 8), dtype, align=64, offset_factor=16, scope="warp")
+        with T.sblock("root"):
+            T.reads(shared[0:16, 0:16])
+            T.writes(warp[0:32, 0:8])
+            for tx in T.thread_binding(0, 32, "threadIdx.x"):
+                # lane tx addresses row (k) 8 (tx / 16) + tx % 8, columns (m) from 8 ((tx % 16) / 8): the
+                # four 8x8 matrices are the fragment's registers {0,1}, {2,3}, {4,5}, {6,7} transposed
+                T.evaluate(T.ptx_legacy.ldmatrix(
+                    True, 4, ".b16", warp.data, warp.elem_offset + 8 * tx, shared.access_ptr("r"),
+                    s0 * 8 * (tx // 16) + s0 * (tx % 8) + 8 * ((tx % 16) // 8), dtype="float16"))
+
+    TensorIntrin.register(name, desc, impl)
+
+
 def mma_intrins(dtype: str) -> dict[str, str]:
     """Names of the ldmatrix (from ``shared.dyn``) and m16n8k16 mma intrinsics for fp16 or bf16 operands.
 
@@ -120,12 +174,12 @@ def mma_intrins(dtype: str) -> dict[str, str]:
     import_tensor_intrin()
     if dtype == "float16":
         return {"load_a": "mma_ldmatrix_f16_a_dyn", "load_b_kn": "mma_ldmatrix_f16_b_dyn",
-                "load_b_nk": "mma_ldmatrix_f16_b_trans_dyn",
+                "load_b_nk": "mma_ldmatrix_f16_b_trans_dyn", "load_a_t": _a_trans_name(dtype),
                 "mma": "mma_f16f16f32", "mma_b_nk": "mma_f16f16f32_trans_b"}
     if dtype == "bfloat16":
         p = _BF16_PREFIX
         return {"load_a": p + "mma_ldmatrix_bf16_a_dyn", "load_b_kn": p + "mma_ldmatrix_bf16_b_dyn",
-                "load_b_nk": p + "mma_ldmatrix_bf16_b_trans_dyn",
+                "load_b_nk": p + "mma_ldmatrix_bf16_b_trans_dyn", "load_a_t": _a_trans_name(dtype),
                 "mma": p + "mma_bf16bf16f32", "mma_b_nk": p + "mma_bf16bf16f32_trans_b"}
     raise ValueError(f"no tensor-core intrinsics for dtype {dtype!r}")
 

@@ -285,6 +285,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
         Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
         Vd_w = T.sblock_alloc_buffer((BV, C), odt, scope=frag)  # decayed, masked values, transposed
+        Vt_w = T.sblock_alloc_buffer((1, 1) if delta else (BV, C), odt, scope=frag)  # Vᵀ (add rule)
         for j, kk in T.grid(BV, BK):
             with T.sblock("S_init"):
                 vj, vk = T.axis.remap("SS", [j, kk])
@@ -359,17 +360,23 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                             vi, vj = T.axis.remap("SS", [i, j])
                             if vc * C + vi < seq_len:
                                 vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(odt, Vn_s[vi, vj])
+            if not delta:  # Vᵀ into the A operand's registers as it is (on CUDA: ldmatrix.trans)
+                with T.sblock("Vt_scope"):
+                    for i, j in T.grid(C, BV):
+                        with T.sblock("Vt_load"):
+                            vi, vj = T.axis.remap("SS", [i, j])
+                            Vt_w[vj, vi] = V_s[vi, vj]
             with T.sblock("V_decay_scope"):
                 vc = T.axis.remap("S", [c])
                 for j, i in T.grid(BV, C):
                     with T.sblock("V_decay"):
                         vj, vi = T.axis.remap("SS", [j, i])
                         if gated:
-                            Vd_w[vj, vi] = T.Cast(odt, (Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]))
+                            Vd_w[vj, vi] = T.Cast(odt, (Vn_s[vi, vj] if delta else T.Cast(F32, Vt_w[vj, vi]))
                                                   * d_s[vi])
                         else:
                             Vd_w[vj, vi] = T.Cast(odt, T.Select(
-                                vc * C + vi < seq_len, Vn_s[vi, vj] if delta else T.Cast(F32, V_s[vi, vj]), zero))
+                                vc * C + vi < seq_len, Vn_s[vi, vj] if delta else T.Cast(F32, Vt_w[vj, vi]), zero))
             if gated:
                 with T.sblock("S_decay_scope"):
                     vc = T.axis.remap("S", [c])
