@@ -520,10 +520,6 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     _copy(sch, "h_store", fr.nw, threads_max, align=False)
     if _has(sch, "S_decay"):
         fr.elementwise("S_decay", buf="ST_w", in_place=True)
-        _spread(sch, sch.get_loops("d_calc")[-1:], fr.nw)
-        rows = sch.get_loops("d_calc")[-3]  # rows per thread: more than one with one warp at C = 64;
-        if int(sch.get(rows).extent) > 1:   # a loop there would need a barrier TVM cannot place in the
-            sch.vectorize(rows)             # pipeline's epilogue, so it becomes one (strided) vector op
     if delta:
         fr.elementwise("Vn_form", buf="WS_w", in_place=True)
         fr.elementwise("Vn_calc", buf="WS_w", kind="read")

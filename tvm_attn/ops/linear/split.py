@@ -252,7 +252,8 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         Y = odt(Sᵀ) (one pass from the registers); h[c] = Y (stored transposed, [V, K], a plain copy)
         delta:  V' = U − W·Y  (fp32; stored rounded as ``vn``)
         Vd = odt(V ⊙ d)  with d_l = e^{b_C − b_l} for rows inside the sequence, 0 past its end
-                         (gated: d computed once per chunk row, ``d_s``)
+                         (gated: d computed in the registers that hold each element, from the
+                         chunk's gates; no pass through shared memory, no barrier)
         S = e^{b_C} S + Kᵀ Vd      (computed as Sᵀ = e^{b_C} Sᵀ + Vdᵀ K)
 
     The chunk tiles are plain copies of clamped rows (the mask is in d), so CUDA can stage them
@@ -280,7 +281,6 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
         Y_s = T.sblock_alloc_buffer((BV, BK), odt, scope=smem)  # odt(Sᵀ): h[c], and W S's B operand
-        d_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)  # masked row decays e^{b_C − b}
         eC = T.sblock_alloc_buffer((1,), F32, scope=solve)  # the state's decay e^{b_C} (1 past the end)
         WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
         Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
@@ -327,10 +327,6 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                 with T.sblock("e_calc"):
                     vc = T.axis.remap("S", [c])
                     eC[0] = T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
-                for i in T.serial(C):
-                    with T.sblock("d_calc"):
-                        vc, vi = T.axis.remap("SS", [c, i])
-                        d_s[vi] = T.Select(vc * C + vi < seq_len, T.exp(b_s[C - 1] - b_s[vi]), zero)
             if delta:
                 with T.sblock("WS_scope"):
                     for i, j, kk in T.grid(C, BV, K):
@@ -371,9 +367,11 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                 for j, i in T.grid(BV, C):
                     with T.sblock("V_decay"):
                         vj, vi = T.axis.remap("SS", [j, i])
-                        if gated:
+                        if gated:  # d_i = e^{b_C − b_i} inside the sequence, 0 past its end (branch-free:
+                            # a clamped row's gates are a real row's, so its exponent is finite and <= 0)
                             Vd_w[vj, vi] = T.Cast(odt, (Vn_s[vi, vj] if delta else T.Cast(F32, Vt_w[vj, vi]))
-                                                  * d_s[vi])
+                                                  * (T.exp(b_s[C - 1] - b_s[vi])
+                                                     * T.Cast(F32, vc * C + vi < seq_len)))
                         else:
                             Vd_w[vj, vi] = T.Cast(odt, T.Select(
                                 vc * C + vi < seq_len, Vn_s[vi, vj] if delta else T.Cast(F32, Vt_w[vj, vi]), zero))
