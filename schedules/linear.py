@@ -362,14 +362,17 @@ class _Fragments:
 
     def load_transposed(self, name: str, *, buf: str) -> None:
         """A copy ``buf[m, k] = shared[k, m]`` (block loops k, m) into A fragments of the transpose, one
-        ldmatrix.trans per 16x16 tile, done whole by every warp (an A operand of a column-split product)."""
+        ldmatrix.trans per 16x16 tile; warps load the 16-row tiles they own (``buf`` is the A operand of
+        a row-split product)."""
         sch = self.sch
         blk = sch.get_sblock(name)
         self._layout(blk, "write", 0, buf)
         k, m = sch.get_loops(blk)[-2:]
         k0, k1 = sch.split(k, [None, 16])
         m0, m1 = sch.split(m, [None, 16])
-        sch.reorder(m0, k0, k1, m1)
+        mw, m0 = sch.split(m0, [self.nw, None])
+        sch.reorder(mw, m0, k0, k1, m1)
+        sch.bind(mw, "threadIdx.y")
         sch.unroll(m0)
         sch.unroll(k0)
         sch.tensorize(k1, self.intrin["load_a_t"])
@@ -504,16 +507,19 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
                           <= int(sch.get(sch.get_loops("S_gemm")[-2]).extent))
     if ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
-    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="cols")
+    # the add rule's warps own 16-row (value) tiles of Sᵀ, so each decays only its own rows of Vᵀ; the
+    # delta rule's own 16-column (key) tiles, every warp computing all of Vd from V' (fp32, shared)
+    add = _has(sch, "Vt_load")
+    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="rows" if add else "cols")
     if delta and not ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
     loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
     threads_max = 32 * fr.tiles
     for name in loads:
         _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
-    if _has(sch, "Vt_load"):  # add rule: Vᵀ by ldmatrix.trans, then decayed in the registers
+    if add:  # Vᵀ by ldmatrix.trans, each warp its own rows, then decayed in the registers
         fr.load_transposed("Vt_load", buf="Vt_w")
-    fr.elementwise("V_decay", buf="Vd_w", replicate=True)
+    fr.elementwise("V_decay", buf="Vd_w", replicate=not add)
     for name in ("S_init", "S_cast", "ht_store"):
         fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
     sch.storage_align(sch.get_sblock("S_cast"), 0, axis=-2, factor=32, offset=8)
