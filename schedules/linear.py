@@ -22,10 +22,13 @@ CUDA:
   registers (``_Fragments``), element-wise steps on the fragments in place, lane by lane. prep (one CTA
   per (chunk, head)): K Kᵀ and its mask in registers, the solve one column per thread fully unrolled
   (the column in registers), Tm diag(β eᵇ)·K and Tm diag(β)·V; state (one CTA per (sequence, head,
-  value tile[, key tile])): the transposed state in registers for the whole chunk loop (warps own its
-  16-column key tiles), the next chunks' tiles fetched by cp.async while this one computes (a software
-  pipeline of ``stages``), W·S (delta; warps own its 16-row tiles) and Vdᵀ·K on tensor cores, the
-  decayed values Vdᵀ (the A operand) computed by every warp; output (one CTA per (chunk, head, value
+  value tile[, key tile])): the transposed state in registers for the whole chunk loop, the next
+  chunks' tiles fetched by cp.async while this one computes (a software pipeline of ``stages``), W·S
+  (delta; warps own its 16-row tiles) and Vdᵀ·K on tensor cores. Add rule: warps own 16-row (value)
+  tiles of the state and load their rows of Vᵀ by ldmatrix.trans, decayed in registers (the decays
+  e^{b_C − b} computed in the lanes that hold them); delta rule: warps own 16-column (key) tiles and
+  every warp computes all of Vdᵀ from V' (fp32, shared). Two tilings of the add rule's kernel, picked
+  per call by how many (sequence, head) pairs there are (``SPLIT_TILINGS``); output (one CTA per (chunk, head, value
   tile)): Q·h, Q Kᵀ and P·V, P passed to the last product in registers. Results that leave a kernel
   (h, V', W, U, O) go through shared memory and out as 16-byte row vectors (a register fragment holds
   2-element pieces of 8 rows: stored directly they cost 4x the L2 sectors, which bounded the state
@@ -48,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm_attn._tvm import Schedule, fragment_map, mma_intrins
+from tvm_attn.ops.linear.kinds import SPLIT_TILINGS
 
 
 def _has(sch: Schedule, name: str) -> bool:
@@ -106,17 +110,24 @@ DEFAULT_RECURRENT_VARIANT = LinearVariant(block_v=32, warps=1, unroll=0)
 DEFAULT_SPLIT_VARIANTS = {
     "prep": LinearVariant(block_v=0, warps=2, unroll=0),
     "state": LinearVariant(block_v=32, warps=2, unroll=0, block_k=64, stages=2),  # add rule
+    # add rule with many (sequence, head) pairs: one 64 x 128 tile of the state per CTA, 4 warps (the
+    # default's 8 CTAs of 32 x 64 per pair are for few pairs, where they are what fills the card)
+    "state_many": LinearVariant(block_v=64, warps=4, unroll=0, block_k=128, stages=2),
     "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
-    "output": LinearVariant(block_v=128, warps=4, unroll=0),
+    "output": LinearVariant(block_v=128, warps=8, unroll=0),  # at most one warp per 16-row tile of the chunk
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
     # (bench/results/h200/linear-gla-kernels-20261128.json)
     "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=3),
 }
 
 
-def default_split_variant(part: str, rule: str, gate: str = "scalar") -> LinearVariant:
+def default_split_variant(part: str, rule: str, gate: str = "scalar", tiles: str = "") -> LinearVariant:
     """The default variant of one split kernel (``part``) for an op's state rule (``add`` / ``delta``)
-    and gate (``none`` / ``scalar`` / ``vector``)."""
+    and gate (``none`` / ``scalar`` / ``vector``); ``tiles`` names one of its ``SPLIT_TILINGS``."""
+    if tiles:
+        if tiles not in SPLIT_TILINGS.get((part, rule, gate), ()):
+            raise ValueError(f"no tiling {tiles!r} for the {part} kernel of rule {rule!r}, gate {gate!r}")
+        return DEFAULT_SPLIT_VARIANTS[f"{part}_{tiles}"]
     if part == "state" and (rule == "delta" or gate == "vector"):
         return DEFAULT_SPLIT_VARIANTS["state_delta" if rule == "delta" else "state_gla"]
     return DEFAULT_SPLIT_VARIANTS[part]
@@ -490,11 +501,14 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
 
 def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule the split form's state kernel: one CTA per (sequence, head, value tile[, key tile]) walks
-    the chunks with the fp32 state (transposed) in registers, warps owning 16-column (key) tiles of it;
-    the tiles of the next ``variant.stages`` chunks are fetched by cp.async while one computes. Per
-    chunk: the state rounded once into shared memory (h[c], stored with 16-byte vectors, and the delta
-    rule's B operand), W·odt(S) (delta; warps own its 16-row tiles), then Sᵀ += Vdᵀ K on tensor cores
-    with every warp computing the decayed values Vdᵀ (its A operand) in its own registers."""
+    the chunks with the fp32 state (transposed) in registers; the tiles of the next ``variant.stages``
+    chunks are fetched by cp.async while one computes. Per chunk: the state rounded once into shared
+    memory (h[c], stored with 16-byte vectors, and the delta rule's B operand), W·odt(S) (delta; warps
+    own its 16-row tiles), then Sᵀ += Vdᵀ K on tensor cores, Vdᵀ (the A operand) in registers: with the
+    add rule warps own 16-row (value) tiles of Sᵀ and each loads its rows of Vᵀ (ldmatrix.trans) and
+    decays them; with the delta rule they own 16-column (key) tiles and each computes all of Vdᵀ.
+    (Nsight Compute, H200, 2 warps per CTA: the kernel is bound by each warp's instruction issue, so
+    work that every warp repeated cost time directly.)"""
     n, h, jv, jk = sch.get_loops("tile")
     sch.bind(sch.fuse(jv, jk), "blockIdx.x")
     sch.bind(h, "blockIdx.y")

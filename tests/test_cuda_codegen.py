@@ -77,6 +77,19 @@ def test_linear_split_chunk_kernels_compile_for_sm90a(op: str, dtype: str, kd: i
         assert cubin[:4] == b"\x7fELF"
 
 
+def test_linear_split_state_many_tiling_compiles():
+    # the add rule's large-tile state kernel (many (sequence, head) pairs): 4 warps each own 16 value
+    # rows of the state, their Vᵀ loaded by ldmatrix.trans and decayed in registers
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_cuda
+
+    for op, kd in (("simple_gla", 128), ("linear_attention", 64)):
+        src = _tvm.cuda_source(build_cuda(LinearSpec(op, "chunk", kd, 128, "bfloat16", False, 64, "state", "many"),
+                                          "sm_90a"))
+        assert "__launch_bounds__(128)" in src and "ldmatrix.sync.aligned.m8n8.x4.trans" in src
+        assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
+
+
 def test_linear_split_state_design_space_samples_compile():
     # the MetaSchedule space of the state kernel: sampled warp counts give valid sm_90a kernels (warps
     # own the delta rule's four 16-row tiles of W S and the update's eight 16-column key tiles)

@@ -177,6 +177,24 @@ def test_split_gla_strong_decay():
         check(f"split gla strong decay {dtype}", "gla", "chunk", inp, chunk=64, dtype=dtype, split=True)
 
 
+def test_split_state_tiling_by_shape(monkeypatch):
+    # the add rule's state kernel: 8 small tiles per (sequence, head) while they are what fills the card,
+    # one 64 x 128 tile per CTA once those alone fill it; the other rules have one tiling
+    from tvm_attn.ops.linear import torch_ops
+
+    monkeypatch.setattr(torch_ops, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    tiling = torch_ops.state_tiling
+    assert tiling("simple_gla", 1, 16, 128, 128, cuda) == ""  # 32 CTAs of the large tile: too few
+    assert tiling("simple_gla", 8, 16, 128, 128, cuda) == "many"  # 256
+    assert tiling("linear_attention", 66, 1, 128, 128, cuda) == "many"
+    assert tiling("linear_attention", 65, 1, 128, 128, cuda) == ""
+    assert tiling("linear_attention", 2, 40, 64, 64, cuda) == ""  # K = V = 64: one tile per (sequence, head)
+    for op in ("gla", "delta_rule", "gated_delta_rule"):
+        assert tiling(op, 64, 64, 128, 128, cuda) == ""
+    assert tiling("simple_gla", 64, 64, 128, 128, torch.device("cpu")) == ""
+
+
 def test_split_chunk_layout_and_cumsum():
     from tvm_attn.ops.linear.torch_ops import _chunk_layout, _chunk_local_cumsum
 
@@ -497,6 +515,19 @@ def test_cuda_against_reference(op: str, form: str):
                 inp = make_inputs(op, s2, dtype, "cuda", seed=16)
                 check(f"cuda {op} {form} {dtype} {s2}", op, form, inp, chunk=chunk_of(op), dtype=dtype)
 
+
+
+@requires_cuda
+@pytest.mark.parametrize("op", ["simple_gla", "linear_attention"])
+def test_cuda_state_tiling_many_against_reference(op: str, monkeypatch):
+    # the add rule's large-tile state kernel, forced (it is picked once its CTAs fill the card)
+    from tvm_attn.ops.linear import torch_ops
+
+    monkeypatch.setattr(torch_ops, "_sm_count", lambda index: 1)
+    for dtype in ("float16", "bfloat16"):
+        for s in (shape(200, kd=128, vd=128), shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128)):
+            inp = make_inputs(op, s, dtype, "cuda", seed=19)
+            check(f"cuda {op} many {dtype} {s}", op, "chunk", inp, chunk=64, dtype=dtype)
 
 
 def _smem_overlaps(pre, post) -> list[str]:

@@ -25,12 +25,13 @@ class LinearSpec:
     varlen: bool
     chunk: int = 0  # chunk size (chunk form), mini-batch size (ttt), 0 otherwise
     part: str = ""  # one kernel of the split chunk form (split.PARTS), "" for the whole form in one kernel
+    tiles: str = ""  # a split kernel's tiling for a class of shapes (kinds.SPLIT_TILINGS); "" the default
 
     @property
     def key(self) -> str:
         """Readable specialisation name (cache key, tuning-record directory)."""
         c = f"_c{self.chunk}" if self.chunk else ""
-        part = f"_{self.part}" if self.part else ""
+        part = f"_{self.part}" + (f"_{self.tiles}" if self.tiles else "") if self.part else ""
         return (f"linear_{self.op}_{self.form}{part}_k{self.key_dim}_v{self.value_dim}_{self.dtype}{c}_"
                 f"{'varlen' if self.varlen else 'dense'}")
 

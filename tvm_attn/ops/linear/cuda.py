@@ -38,7 +38,7 @@ def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
         return sch
     scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local")
     if spec.part:
-        variant = variant or sched.default_split_variant(spec.part, spec.static.rule, spec.static.gate)
+        variant = variant or sched.default_split_variant(spec.part, spec.static.rule, spec.static.gate, spec.tiles)
         # the state and the products of the state and output kernels in mma register fragments
         scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", frag="warp")
         sch = _tvm.Schedule(make_func(spec, block_v=min(variant.block_v, spec.value_dim), op_dtype=None, scopes=scopes,
@@ -82,7 +82,7 @@ def _default_variant(spec: LinearSpec):
     from ...schedules import linear as sched
 
     if spec.part:
-        return sched.default_split_variant(spec.part, spec.static.rule, spec.static.gate)
+        return sched.default_split_variant(spec.part, spec.static.rule, spec.static.gate, spec.tiles)
     return sched.DEFAULT_RECURRENT_VARIANT if spec.form == "recurrent" else sched.DEFAULT_CHUNK_VARIANT
 
 

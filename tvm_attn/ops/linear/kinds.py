@@ -19,3 +19,7 @@ FORMS = ("chunk", "recurrent", "parallel")
 FORMS_OF: dict[str, tuple[str, ...]] = {
     op: FORMS if rule == "add" else FORMS[:2] for op, (_, rule) in OP_KINDS.items()
 }
+
+# split kernels with more than one tiling, each for a class of shapes: (part, rule, gate) -> tiling names
+# (the tilings themselves: schedules.linear.DEFAULT_SPLIT_VARIANTS["<part>_<name>"])
+SPLIT_TILINGS = {("state", "add", "none"): ("many",), ("state", "add", "scalar"): ("many",)}

@@ -13,12 +13,13 @@ argument-checking functions are in ``api.py``; these ops assume checked inputs.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from .build import LinearSpec, get
-from .kinds import OP_KINDS
+from .kinds import OP_KINDS, SPLIT_TILINGS
 
 # ops whose CUDA chunk form runs as the split kernels of ``split.py`` (prep, state, output)
 # (``split_gla.py`` for gla)
@@ -79,6 +80,23 @@ def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int):
             torch.tensor(indices, dtype=torch.int32, device=dev).view(-1, 2))
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device) -> str:
+    """The state kernel's tiling for ``n`` sequences of ``h`` heads: "many" (one 64 x 128 state tile per
+    CTA) once those CTAs alone fill the card, else the default (8 smaller tiles per (sequence, head), for
+    the long-sequence, few-heads shapes where the chunk loop's latency is all there is). Add rule only."""
+    gate, rule = OP_KINDS[op]
+    if device.type != "cuda" or "many" not in SPLIT_TILINGS.get(("state", rule, gate), ()):
+        return ""
+    ctas = n * h * math.ceil(vd / 64) * math.ceil(kd / 128)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return "many" if ctas >= _sm_count(index) else ""
+
+
 def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                     beta: torch.Tensor | None, initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
                     scale: float, chunk_size: int, *, out: torch.Tensor | None = None,
@@ -95,8 +113,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     n = cu_seqlens.shape[0] - 1 if varlen else b
     sdt = torch.float32 if dev.type == "cpu" else q.dtype
 
-    def kern(part: str):
-        return get(LinearSpec(op, "chunk", kd, vd, _dtype_name(q), varlen, chunk_size, part), dev)
+    def kern(part: str, tiles: str = ""):
+        return get(LinearSpec(op, "chunk", kd, vd, _dtype_name(q), varlen, chunk_size, part, tiles), dev)
 
     n_chunks, offsets, indices = _chunk_layout(cu_seqlens, b, t, chunk_size)
     gc = [_chunk_local_cumsum(g, cu_seqlens, chunk_size)] if gate != "none" else []
@@ -115,7 +133,7 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         kern("state")(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
         kern("output")(q, k, vn, *gc, hs, *seqs, *idx, o, scale)
     else:
-        kern("state")(k, v, *gc, h0, *seqs, *offs, hs, ht)
+        kern("state", state_tiling(op, n, h, kd, vd, dev))(k, v, *gc, h0, *seqs, *offs, hs, ht)
         kern("output")(q, k, v, *gc, hs, *seqs, *idx, o, scale)
     return o, ht
 
