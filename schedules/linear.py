@@ -131,6 +131,29 @@ def default_split_variant(part: str, rule: str, gate: str = "scalar", tiles: str
     if part == "state" and (rule == "delta" or gate == "vector"):
         return DEFAULT_SPLIT_VARIANTS["state_delta" if rule == "delta" else "state_gla"]
     return DEFAULT_SPLIT_VARIANTS[part]
+def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str = "") -> list[LinearVariant]:
+    """The compute variants tuning tries for one split kernel (each its own MetaSchedule task, its warp
+    count sampled): the default first, then the tiles and pipeline depths timed around it on the H200."""
+    default = default_split_variant(part, rule, gate, tiles)
+    if part == "state" and rule == "delta":
+        grid = [LinearVariant(bv, 2, 0, 0, st) for bv in (16, 32) for st in (1, 2)]
+    elif part == "state" and gate == "vector":
+        grid = [LinearVariant(bv, 2, 0, bk, st) for bv in (32, 64) for bk in (32, 64) for st in (2, 3)]
+    elif part == "state":
+        grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, bk, st)
+                for bv in (32, 64) for bk in (32, 64, 128) for st in (1, 2)]
+    elif part == "output":
+        grid = [LinearVariant(bv, 8, 0) for bv in (64, 128)]
+    else:
+        grid = []
+    tiles_of = lambda v: (v.block_v, v.block_k, v.stages)  # noqa: E731  (what makes a task)
+    out = [default]
+    for v in grid:  # a variant differing from another only in its default warp decision is the same task
+        if all(tiles_of(v) != tiles_of(o) for o in out):
+            out.append(v)
+    return out
+
+
 UNROLL_CHOICES = (0, 16, 64)
 
 # element-wise blocks of the chunk form: name -> number of trailing loops spread over the CTA's threads

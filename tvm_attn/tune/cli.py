@@ -10,9 +10,34 @@ from pathlib import Path
 def _specs(args) -> list:
     from tvm_attn.kernels import KernelSpec
 
+    if args.op in _linear_ops():
+        return _linear_specs(args)
     masks = [False, True] if args.causal == "both" else [args.causal == "yes"]
     return [KernelSpec(args.op, d, g, dt, c)
             for d, g, dt, c in itertools.product(args.head_dim, args.group, args.dtype, masks)]
+
+
+def _linear_ops() -> tuple[str, ...]:
+    from tvm_attn.ops.linear.torch_ops import SPLIT_OPS
+
+    return SPLIT_OPS
+
+
+def _linear_specs(args) -> list:
+    """Every split chunk kernel of a linear op (K = V = head dim): prep (delta rules), state (each of its
+    tilings: one record per shape class), output."""
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.kinds import OP_KINDS, SPLIT_TILINGS
+
+    gate, rule = OP_KINDS[args.op]
+    out = []
+    for d, dt in itertools.product(args.head_dim, args.dtype):
+        for part in ("prep", "state", "output") if rule == "delta" else ("state", "output"):
+            if args.part and part not in args.part:
+                continue
+            for tiles in ("", *SPLIT_TILINGS.get((part, rule, gate), ())):
+                out.append(LinearSpec(args.op, "chunk", d, d, dt, False, args.chunk, part, tiles))
+    return out
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -20,6 +45,9 @@ def _tune(args: argparse.Namespace) -> int:
     from tvm_attn.tune.run import tune
 
     device = args.device
+    if args.op in _linear_ops() and device != "cuda":
+        raise SystemExit(f"--op {args.op}: the linear-attention kernels are tuned on CUDA only "
+                         "(their CPU schedule has no knobs)")
     arch, gpu = None, args.gpu or "cpu"
     if device == "cuda":
         import torch
@@ -40,9 +68,9 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"== tuning {spec.key} on {gpu} ({args.trials} trials)", flush=True)
         results.append(tune(spec, device=device, gpu=gpu, arch=arch, trials=args.trials, out_root=out,
                             resume=args.resume, rpc=rpc, workers=args.workers))
-    print(f"\n{'spec':<42} {'variant':<10} {'default ms':>11} {'tuned ms':>9} {'speed-up':>8} {'TFLOP/s':>8}")
+    print(f"\n{'spec':<56} {'variant':<15} {'default ms':>11} {'tuned ms':>9} {'speed-up':>8} {'TFLOP/s':>8}")
     for r in results:
-        print(f"{r.spec.key:<42} {r.best_variant:<10} {r.default_s * 1e3:11.3f} {r.tuned_s * 1e3:9.3f} "
+        print(f"{r.spec.key:<56} {r.best_variant:<15} {r.default_s * 1e3:11.3f} {r.tuned_s * 1e3:9.3f} "
               f"{r.default_s / r.tuned_s:8.2f} {r.flops / r.tuned_s / 1e12:8.1f}")
         print(f"  records: {r.folder}")
     return 0
@@ -74,18 +102,14 @@ def _show(args: argparse.Namespace) -> int:
         raise SystemExit(f"no record {args.record}; `tvm-attn list` shows what exists")
     prov = rec.provenance
     print(json.dumps({k: v for k, v in prov.items() if k != "target"}, indent=1))
-    from tvm_attn.kernels import KernelSpec
+    from tvm_attn.kernels import DeviceTarget
+    from tvm_attn.tune import tasks as T
     from tvm_attn.tune.dispatch import load_best
 
-    op, rest = spec.split("_d", 1)
-    d, g, dt, mask = rest.split("_", 3)
-    ks = KernelSpec(op, int(d), int(g[1:]), dt, mask == "causal")
-    from tvm_attn.kernels import DeviceTarget
-
+    fam = T.family_of_key(spec)
+    ks = fam.spec_from_key(spec)
     best = load_best(ks, DeviceTarget(prov["device"], None, gpu), rec)
-    from tvm_attn.tune import tasks as T
-
-    sch = T.replay(ks, prov["device"], T.variant_from_key(ks, prov["device"], best.variant_key), best.trace)
+    sch = fam.replay(ks, prov["device"], fam.variant_from_key(ks, prov["device"], best.variant_key), best.trace)
     print(f"decisions of the best record ({best.variant_key}):")
     for line in sch.trace.as_python():
         if "sample_" in line:
@@ -99,8 +123,12 @@ def _show(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tune", help="tune specialisations with MetaSchedule for this GPU (or the CPU)")
     t.add_argument("--gpu", default=None, help="card key for the records (default: from the device name)")
-    t.add_argument("--op", default="flash_fwd", choices=["flash_fwd"])
-    t.add_argument("--head-dim", type=int, nargs="+", default=[128])
+    t.add_argument("--op", default="flash_fwd", choices=["flash_fwd", *_linear_ops()],
+                   help="flash_fwd, or a linear op (its split chunk kernels, CUDA only)")
+    t.add_argument("--head-dim", type=int, nargs="+", default=[128], help="head dim (linear ops: K = V)")
+    t.add_argument("--chunk", type=int, default=64, help="linear ops: the chunk size tuned")
+    t.add_argument("--part", nargs="+", choices=["prep", "state", "output"], default=None,
+                   help="linear ops: only these kernels (default: all of the op's)")
     t.add_argument("--group", type=int, nargs="+", default=[1], help="Hq / Hkv")
     t.add_argument("--dtype", nargs="+", default=["bfloat16"])
     t.add_argument("--causal", choices=["yes", "no", "both"], default="both")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 
 from tvm_attn import _tvm
-from tvm_attn.kernels import DeviceTarget, KernelSpec
+from tvm_attn.kernels import DeviceTarget
 from tvm_attn.tune import records, tasks as T
 
 _warned: set[str] = set()
@@ -16,17 +16,18 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, stacklevel=4)
 
 
-def lookup(spec: KernelSpec, tgt: DeviceTarget):
-    """The best tuned record for ``spec`` on ``tgt``'s card, or None (with one warning saying why)."""
+def lookup(spec, tgt: DeviceTarget):
+    """The best tuned record for ``spec`` (a flash ``KernelSpec`` or a linear split kernel's
+    ``LinearSpec``) on ``tgt``'s card, or None (with one warning saying why)."""
     if spec.varlen:
         return None  # tuned on the dense compute only; varlen runs its default decision
+    fam = T.family(spec)
     rec = records.find(tgt.card, spec.key)
     if rec is None:
-        if tgt.kind == "cuda":
-            _warn_once(f"missing:{tgt.card}:{spec.key}",
+        if tgt.kind == "cuda":  # one warning per op and card (a linear op has two or three kernels)
+            _warn_once(f"missing:{tgt.card}:{spec.op}:{fam.tune_hint(spec)}",
                        f"tvm-attn: no tuned record for {spec.key} on {tgt.card}; using the default schedule. "
-                       f"Tune it with: tvm-attn tune --op {spec.op} --head-dim {spec.head_dim} --group {spec.group} "
-                       f"--dtype {spec.dtype} {'--causal' if spec.causal else ''}".rstrip())
+                       f"Tune it with: {fam.tune_hint(spec)}")
         return None
     try:
         best = load_best(spec, tgt, rec)
@@ -43,19 +44,19 @@ class StaleRecord(Exception):
     pass
 
 
-def load_best(spec: KernelSpec, tgt: DeviceTarget, rec: records.RecordDir):
+def load_best(spec, tgt: DeviceTarget, rec: records.RecordDir):
     from tvm_attn.tune.run import Best
 
+    fam = T.family(spec)
     prov = rec.provenance
     if prov.get("tvm") != _tvm.TVM_VERSION:
         raise StaleRecord(f"tuned with TVM {prov.get('tvm')}, this is {_tvm.TVM_VERSION}")
     key = prov["best"]["variant"]
     try:
-        variant = T.variant_from_key(spec, tgt.kind, key)
+        variant = fam.variant_from_key(spec, tgt.kind, key)
     except KeyError as e:
         raise StaleRecord(str(e)) from None
-    func = T.specialize(T.cpu_func(spec, variant) if tgt.kind == "cpu" else T.cuda_func(spec, variant),
-                        prov["representative_shape"], prov["sm_scale"])
+    func = fam.task_func(spec, tgt.kind, variant, prov)
     current = T.workload_hash(func)
     if prov["workloads"].get(key) != current:
         raise StaleRecord(f"the compute of variant {key} changed (workload hash {current}, record "
@@ -73,17 +74,7 @@ def _top_record(rec: records.RecordDir, func):
     return top.trace_json, top.run_s
 
 
-def build_tuned(spec: KernelSpec, tgt: DeviceTarget, best):
-    variant = T.variant_from_key(spec, tgt.kind, best.variant_key)
-    sch = T.replay(spec, tgt.kind, variant, best.trace)
-    if tgt.kind == "cpu":
-        postproc = _tvm.ms.postproc.RewriteParallelVectorizeUnroll()
-        ctx = _tvm.ms.TuneContext(mod=sch.mod, target=_tvm.cpu_target(),
-                                  space_generator=_tvm.ms.space_generator.ScheduleFn(
-                                      lambda s: None, sch_rules=[], postprocs=[postproc], mutator_probs={}))
-        for p in ctx.space_generator.postprocs:
-            p.apply(sch)
-        return _tvm.compile_module(sch.mod, _tvm.cpu_target())
-    return _tvm.compile_module(sch.mod, _tvm.cuda_target(tgt.arch),
-                               _tvm.build_config(async_copy=variant.stages > 0))
-
+def build_tuned(spec, tgt: DeviceTarget, best):
+    fam = T.family(spec)
+    variant = fam.variant_from_key(spec, tgt.kind, best.variant_key)
+    return fam.build(spec, tgt.kind, tgt.arch, variant, fam.replay(spec, tgt.kind, variant, best.trace))

@@ -94,7 +94,8 @@ def read_records(folder: Path) -> list[Measured]:
     wl_path, rec_path = folder / DB_FILES[0], folder / DB_FILES[1]
     if not rec_path.exists():
         return []
-    workloads = [format(int(json.loads(line)[0]), "#x") for line in wl_path.read_text().splitlines()]
+    # as MetaSchedule's shash2hex writes them: 0x and 16 digits (leading zeros kept)
+    workloads = [f"0x{int(json.loads(line)[0]):016x}" for line in wl_path.read_text().splitlines()]
     out = []
     for line in rec_path.read_text().splitlines():
         idx, (trace, secs, *_rest) = json.loads(line)

@@ -30,6 +30,16 @@ def ms_build_cuda(mod, target, _params):
         return _tvm.tvm.build(mod, target=target)
 
 
+def ms_build_cuda_linear(mod, target, _params):
+    """MetaSchedule builder for the linear split kernels (their shared-memory plan and cp.async)."""
+    from tvm_attn.ops.linear.cuda import build_config
+
+    _tvm.import_tensor_intrin()
+    _tvm._patch_lower_warp_memory()
+    with _tvm.tvm.transform.PassContext(opt_level=3, config=build_config()):
+        return _tvm.tvm.build(mod, target=target)
+
+
 def ms_build_cpu(mod, target, _params):
     with _tvm.tvm.transform.PassContext(opt_level=3):
         return _tvm.tvm.build(mod, target=target)
@@ -136,8 +146,9 @@ def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: i
     if dropped:
         print(f"dropped {dropped} half-written line(s) left by an interrupted run", flush=True)
     _tvm.import_tensor_intrin()
-    shape = T.representative_shape(spec, device)
-    tlist = T.tasks(spec, device, shape)
+    fam = T.family(spec)
+    shape = fam.representative_shape(spec, device)
+    tlist = fam.tasks(spec, device, shape)
     target = target_for(device, arch)
     # MetaSchedule's JSONDatabase re-applies stored traces to one shared module when it loads, which
     # TVM 0.27's copy-on-write bug breaks for these schedules (search.py): each run writes a fresh
@@ -147,7 +158,7 @@ def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: i
                                   path_tuning_record=str(scratch / records.DB_FILES[1]), allow_missing=True)
     done = _count_records(folder)
     remaining = max(0, trials - done)
-    flops = _flops(spec, shape)
+    flops = fam.flops(spec, shape)
     progress = Progress(trials, flops, done)
     if remaining:
         contexts = [ms.TuneContext(
@@ -168,7 +179,8 @@ def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: i
             max_trials_global=remaining, max_trials_per_task=max(2, math.ceil(remaining / len(contexts)) * 2),
             num_trials_per_iter=min(16, max(2, remaining // len(contexts))),
             builder=ms.builder.LocalBuilder(max_workers=workers, timeout_sec=180,
-                                            f_build=ms_build_cpu if device == "cpu" else ms_build_cuda,
+                                            f_build=ms_build_cpu if device == "cpu" else
+                                            ms_build_cuda if isinstance(spec, KernelSpec) else ms_build_cuda_linear,
                                             initializer=_tvm.import_tensor_intrin),
             runner=_runner(device, rpc),
             database=db,
@@ -186,13 +198,13 @@ def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: i
     default_s, tuned_s = measure_default_and_tuned(spec, device, arch, shape, best)
     prov = {
         "spec": spec.key, "op": spec.op, "gpu": gpu, "device": device, "tvm": _tvm.TVM_VERSION,
-        "target": json.loads(str(target)) if str(target).startswith("{") else str(target), "representative_shape": shape, "sm_scale": 1 / math.sqrt(spec.head_dim),
+        "target": json.loads(str(target)) if str(target).startswith("{") else str(target), "representative_shape": shape, "scale": fam.scale_of(spec),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "trials": _count_records(folder), "source_digest": kernels.source_digest(),
         "workloads": {T.variant_key(t.variant): t.workload_hash() for t in tlist},
         "best": {"variant": best.variant_key, "run_secs": best.run_s, "measured_s": tuned_s,
                  "record": best.record_id},
-        "default": {"variant": _default_key(spec, device), "measured_s": default_s},
+        "default": {"variant": fam.default_key(spec, device), "measured_s": default_s},
         **_card(device),
     }
     records.write_atomic(folder / "provenance.json", json.dumps(prov, indent=1, default=str))
@@ -224,16 +236,6 @@ def _count_records(folder: Path) -> int:
     return sum(1 for _ in path.open()) if path.exists() else 0
 
 
-def _flops(spec: KernelSpec, shape: dict) -> int:
-    from tvm_attn.ops.flash import visible_pairs
-
-    return 4 * shape["B"] * shape["Hq"] * spec.head_dim * visible_pairs(shape["Tq"], shape["Tk"], spec.causal)
-
-
-def _default_key(spec: KernelSpec, device: str) -> str:
-    return T.variant_key(T.CPU_VARIANTS[0] if device == "cpu" else kernels.default_variant(spec))
-
-
 def _card(device: str) -> dict:
     if device == "cpu":
         import platform
@@ -254,10 +256,11 @@ class Best:
     record_id: str
 
 
-def best_record(spec: KernelSpec, device: str, folder: Path) -> Best | None:
+def best_record(spec, device: str, folder: Path) -> Best | None:
     """The fastest valid record over all variants whose workload is still the current compute's."""
-    shape = T.representative_shape(spec, device)
-    by_hash = {t.workload_hash(): t for t in T.tasks(spec, device, shape)}
+    fam = T.family(spec)
+    shape = fam.representative_shape(spec, device)
+    by_hash = {t.workload_hash(): t for t in fam.tasks(spec, device, shape)}
     best = None
     for rec in records.read_records(folder):
         t = by_hash.get(rec.workload)
@@ -266,27 +269,20 @@ def best_record(spec: KernelSpec, device: str, folder: Path) -> Best | None:
     return best
 
 
-def measure_default_and_tuned(spec: KernelSpec, device: str, arch: str | None, shape: dict, best: Best):
+def measure_default_and_tuned(spec, device: str, arch: str | None, shape: dict, best: Best):
     """Time the default decision and the best record through the real call path (same inputs, same run)."""
-    import torch
+    fam = T.family(spec)
+    tgt = kernels.DeviceTarget(device, arch)
+    if isinstance(spec, KernelSpec):
+        plans = (kernels.default_plan(spec, tgt), kernels.tuned_plan(spec, tgt, best))
+    else:
+        from tvm_attn.ops.linear.cuda import default_plan
+        from tvm_attn.tune import dispatch
 
-    from tvm_attn.bench.driver import time_calls
-
-    dev = torch.device(device)
-    dt = getattr(torch, spec.dtype)
-    q = torch.randn(shape["B"], shape["Tq"], shape["Hq"], spec.head_dim, device=dev, dtype=dt)
-    k = torch.randn(shape["B"], shape["Tk"], shape["Hkv"], spec.head_dim, device=dev, dtype=dt)
-    v = torch.randn_like(k)
-    out = torch.empty_like(q)
-    lse = torch.empty(shape["B"], shape["Hq"], shape["Tq"], device=dev)
-    scale = 1 / math.sqrt(spec.head_dim)
-    times = []
-    for plan in (kernels.default_plan(spec, kernels.DeviceTarget(device, arch)),
-                 kernels.tuned_plan(spec, kernels.DeviceTarget(device, arch), best)):
-        ex = plan.build()
-        fn = ex["main"]
-        times.append(time_calls([lambda fn=fn: fn(q, k, v, out, lse, scale)], device))
-    return times[0], times[1]
+        plans = (default_plan(spec, arch or "sm_90a"),
+                 kernels.Plan("tuned", lambda: dispatch.build_tuned(spec, tgt, best)))
+    default_s, tuned_s = fam.measure(spec, device, arch, shape, plans)
+    return default_s, tuned_s
 
 
 def plot_curve(folder: Path) -> Path | None:

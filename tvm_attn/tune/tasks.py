@@ -1,5 +1,8 @@
 """Tuning tasks: one MetaSchedule task per compute variant of a specialisation, at a stated
-representative shape, and the replay of a tuned trace onto the symbolic (any-length) function."""
+representative shape, and the replay of a tuned trace onto the symbolic (any-length) function.
+
+This module is the flash family's; ``linear_tasks`` is the linear-attention split kernels' with the same
+functions. ``family(spec)`` picks one; the tuner, the dispatch and the CLI go through it."""
 from __future__ import annotations
 
 import math
@@ -96,3 +99,89 @@ def replay(spec: KernelSpec, device: str, variant, trace_json):
     sch = _tvm.Schedule(func.with_attr("global_symbol", "main").with_attr("tirx.noalias", True))
     _tvm.Trace.apply_json_to_schedule(trace_json, sch)
     return sch
+
+
+# ------------------------------------------------------------------ the rest of the family interface
+def family(spec):
+    """The tasks module of ``spec``'s kind of kernel: this one (flash) or ``linear_tasks``."""
+    if isinstance(spec, KernelSpec):
+        import sys
+
+        return sys.modules[__name__]
+    from tvm_attn.tune import linear_tasks
+
+    return linear_tasks
+
+
+def family_of_key(key: str):
+    """The tasks module of a record's specialisation key."""
+    from tvm_attn.tune import linear_tasks
+
+    return linear_tasks if key.startswith("linear_") else family(KernelSpec("flash_fwd", 64, 1, "float16", False))
+
+
+def default_key(spec: KernelSpec, device: str) -> str:
+    from tvm_attn import kernels
+
+    return variant_key(CPU_VARIANTS[0] if device == "cpu" else kernels.default_variant(spec))
+
+
+def scale_of(spec: KernelSpec) -> float:
+    return 1.0 / math.sqrt(spec.head_dim)
+
+
+def task_func(spec: KernelSpec, device: str, variant, prov: dict):
+    """The specialised function whose structural hash a record of ``variant`` carries."""
+    f = cpu_func(spec, variant) if device == "cpu" else cuda_func(spec, variant)
+    return specialize(f, prov["representative_shape"], prov.get("scale", prov.get("sm_scale")))
+
+
+def build(spec: KernelSpec, device: str, arch: str | None, variant, sch):
+    """Compile a replayed schedule of ``variant``."""
+    if device == "cpu":
+        postproc = _tvm.ms.postproc.RewriteParallelVectorizeUnroll()
+        ctx = _tvm.ms.TuneContext(mod=sch.mod, target=_tvm.cpu_target(),
+                                  space_generator=_tvm.ms.space_generator.ScheduleFn(
+                                      lambda s: None, sch_rules=[], postprocs=[postproc], mutator_probs={}))
+        for p in ctx.space_generator.postprocs:
+            p.apply(sch)
+        return _tvm.compile_module(sch.mod, _tvm.cpu_target())
+    return _tvm.compile_module(sch.mod, _tvm.cuda_target(arch), _tvm.build_config(async_copy=variant.stages > 0))
+
+
+def flops(spec: KernelSpec, shape: dict) -> int:
+    from tvm_attn.ops.flash import visible_pairs
+
+    return 4 * shape["B"] * shape["Hq"] * spec.head_dim * visible_pairs(shape["Tq"], shape["Tk"], spec.causal)
+
+
+def measure(spec: KernelSpec, device: str, arch: str | None, shape: dict, plans) -> list[float]:
+    """Seconds of each plan's kernel on the same inputs, through the compiled module's call."""
+    import torch
+
+    from tvm_attn.bench.driver import time_calls
+
+    dev = torch.device(device)
+    dt = getattr(torch, spec.dtype)
+    q = torch.randn(shape["B"], shape["Tq"], shape["Hq"], spec.head_dim, device=dev, dtype=dt)
+    k = torch.randn(shape["B"], shape["Tk"], shape["Hkv"], spec.head_dim, device=dev, dtype=dt)
+    v = torch.randn_like(k)
+    out = torch.empty_like(q)
+    lse = torch.empty(shape["B"], shape["Hq"], shape["Tq"], device=dev)
+    scale = scale_of(spec)
+    times = []
+    for plan in plans:
+        fn = plan.build()["main"]
+        times.append(time_calls([lambda fn=fn: fn(q, k, v, out, lse, scale)], device))
+    return times
+
+
+def tune_hint(spec: KernelSpec) -> str:
+    return (f"tvm-attn tune --op {spec.op} --head-dim {spec.head_dim} --group {spec.group} "
+            f"--dtype {spec.dtype} {'--causal yes' if spec.causal else '--causal no'}")
+
+
+def spec_from_key(key: str) -> KernelSpec:
+    op, rest = key.split("_d", 1)
+    d, g, dt, mask = rest.split("_", 3)
+    return KernelSpec(op, int(d), int(g[1:]), dt, mask == "causal")

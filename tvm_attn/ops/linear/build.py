@@ -88,12 +88,21 @@ def plan(spec: LinearSpec, tgt: DeviceTarget) -> Plan:
         return Plan("cpu", lambda: build_cpu(spec))
     from .cuda import cuda_plan
 
-    return cuda_plan(spec, tgt.arch)
+    return cuda_plan(spec, tgt)
+
+
+_by_spec: dict = {}
 
 
 def get(spec: LinearSpec, device) -> Kernel:
-    """The compiled kernel of ``spec`` for a torch device (in-process and on-disk cached)."""
-    if spec.op not in OP_KINDS or spec.form not in FORMS:
-        raise ValueError(f"no linear-attention kernel for op {spec.op!r}, form {spec.form!r}")
+    """The compiled kernel of ``spec`` for a torch device (in-process and on-disk cached). The hot path
+    is one dict lookup: the tuned-record lookup, the disk cache and the build happen once per (spec,
+    device) and process."""
     tgt = kernels.device_target(device)
-    return kernels.compiled(spec.key, spec, tgt, plan(spec, tgt))
+    kern = _by_spec.get((spec, tgt))
+    if kern is None:
+        if spec.op not in OP_KINDS or spec.form not in FORMS:
+            raise ValueError(f"no linear-attention kernel for op {spec.op!r}, form {spec.form!r}")
+        kern = kernels.compiled(spec.key, spec, tgt, plan(spec, tgt))
+        _by_spec[(spec, tgt)] = kern
+    return kern

@@ -38,11 +38,8 @@ def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
         return sch
     scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local")
     if spec.part:
-        variant = variant or sched.default_split_variant(spec.part, spec.static.rule, spec.static.gate, spec.tiles)
-        # the state and the products of the state and output kernels in mma register fragments
-        scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", frag="warp")
-        sch = _tvm.Schedule(make_func(spec, block_v=min(variant.block_v, spec.value_dim), op_dtype=None, scopes=scopes,
-                                      block_k=split_block_k(spec, variant), stages=variant.stages))
+        variant = variant or _default_variant(spec)
+        sch = _tvm.Schedule(cuda_func(spec, variant))
         sched.apply_cuda_chunk_part(sch, spec.part, variant, spec.dtype, tunable=tunable)
         return sch
     variant = variant or sched.DEFAULT_CHUNK_VARIANT
@@ -58,6 +55,16 @@ def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
     return sch
 
 
+def cuda_func(spec: LinearSpec, variant):
+    """The unscheduled CUDA function of a split kernel (``spec.part``) built with ``variant``'s tiles: the
+    state and the products of the state and output kernels in mma register fragments."""
+    from .compute import Scopes
+
+    scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", frag="warp")
+    return make_func(spec, block_v=min(variant.block_v, spec.value_dim), op_dtype=None, scopes=scopes,
+                     block_k=split_block_k(spec, variant), stages=variant.stages)
+
+
 def split_block_k(spec: LinearSpec, variant) -> int | None:
     """The key tile of a split state kernel: the variant's for the add rule, all K for the delta rule."""
     if spec.part != "state" or spec.static.rule == "delta" or not variant.block_k:
@@ -67,9 +74,15 @@ def split_block_k(spec: LinearSpec, variant) -> int | None:
 
 def build_cuda(spec: LinearSpec, arch: str = "sm_90a", variant=None):
     """Compile ``spec`` for ``arch``; raises ValueError when its shared memory exceeds the card's."""
+    return compile_checked(spec, cuda_schedule(spec, variant), arch)
+
+
+def compile_checked(spec: LinearSpec, sch, arch: str):
+    """Compile a schedule of ``spec`` for ``arch``; raises ValueError when its shared memory exceeds the
+    card's."""
     from ... import _tvm
 
-    ex, smem = _tvm.compile_with_shared_memory(cuda_schedule(spec, variant).mod, _tvm.cuda_target(arch), build_config())
+    ex, smem = _tvm.compile_with_shared_memory(sch.mod, _tvm.cuda_target(arch), build_config())
     limit = SMEM_LIMIT.get(arch, SMEM_LIMIT["sm_90a"])
     if smem > limit:
         what = "mini_batch_size" if spec.op == "ttt_linear" else "chunk_size"
@@ -86,6 +99,17 @@ def _default_variant(spec: LinearSpec):
     return sched.DEFAULT_RECURRENT_VARIANT if spec.form == "recurrent" else sched.DEFAULT_CHUNK_VARIANT
 
 
-def cuda_plan(spec: LinearSpec, arch: str) -> Plan:
+def cuda_plan(spec: LinearSpec, tgt) -> Plan:
+    """The tuned record of (split kernel, card) when one applies (``tune.dispatch``), else the default."""
+    if spec.part:
+        from ...tune import dispatch
+
+        best = dispatch.lookup(spec, tgt)
+        if best is not None:
+            return Plan(f"tuned_{best.record_id}", lambda: dispatch.build_tuned(spec, tgt, best))
+    return default_plan(spec, tgt.arch)
+
+
+def default_plan(spec: LinearSpec, arch: str) -> Plan:
     variant = _default_variant(spec)
     return Plan(f"default_{variant.key}", lambda: build_cuda(spec, arch, variant))

@@ -1,0 +1,148 @@
+"""Tuning of the linear-attention split kernels without a GPU: their MetaSchedule tasks and spaces, a record
+(written the way the tuner writes one, from a sampled trace) found, replayed and compiled for sm_90a by
+the tuned dispatch, refused when stale or slower than the default, and the CLI around it."""
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tvm_attn import _tvm
+from tvm_attn.kernels import DeviceTarget
+from tvm_attn.ops.linear.build import LinearSpec
+from tvm_attn.tune import dispatch, linear_tasks as L, records
+
+SPEC = LinearSpec("simple_gla", "chunk", 128, 128, "bfloat16", False, 64, "output")
+TGT = DeviceTarget("cuda", "sm_90a", "testcard")
+
+
+def _write_record(root: Path, spec: LinearSpec, task, *, best_s: float, default_s: float) -> Path:
+    """Sample the task's space on a private copy of its workload (as the tuner's search does: TVM 0.27's
+    schedule copy-on-write would otherwise change the task in place), commit it through MetaSchedule's
+    JSON database and append its lines to the records folder with a provenance, as ``tune`` does."""
+    ms = _tvm.ms
+    workload = _tvm.tvm.IRModule({"main": task.func})
+    private = _tvm.tvm.ir.load_json(_tvm.tvm.ir.save_json(workload))
+    sch = _tvm.Schedule(private)
+    task.space(sch)
+    scratch = root / "scratch"
+    scratch.mkdir(exist_ok=True)
+    db = ms.database.JSONDatabase(path_workload=str(scratch / records.DB_FILES[0]),
+                                  path_tuning_record=str(scratch / records.DB_FILES[1]), allow_missing=True)
+    wl = db.commit_workload(workload)
+    db.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, wl, [_tvm.tvm.runtime.convert(best_s)], _tvm.cuda_target("sm_90a"),
+        ms.arg_info.ArgInfo.from_prim_func(task.func)))
+    folder = root / TGT.card / spec.key
+    folder.mkdir(parents=True)
+    wls = [json.loads(line) for line in (scratch / records.DB_FILES[0]).read_text().splitlines()]
+    for line in (scratch / records.DB_FILES[1]).read_text().splitlines():
+        idx, rec = json.loads(line)
+        records.append_record(folder, wls[idx], rec)
+    shape = L.representative_shape(spec, "cuda")
+    prov = {"spec": spec.key, "op": spec.op, "gpu": TGT.card, "device": "cuda", "tvm": _tvm.TVM_VERSION,
+            "target": {"kind": "cuda", "arch": "sm_90a"}, "representative_shape": shape,
+            "scale": L.scale_of(spec), "trials": 1, "workloads": {task.variant.key: task.workload_hash()},
+            "best": {"variant": task.variant.key, "run_secs": best_s, "measured_s": best_s, "record": "r1"},
+            "default": {"variant": L.default_key(spec, "cuda"), "measured_s": default_s}}
+    records.write_atomic(folder / "provenance.json", json.dumps(prov))
+    return folder
+
+
+@pytest.fixture
+def user_root(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TVM_ATTN_TUNING_DIR", str(tmp_path))
+    monkeypatch.setattr(dispatch, "_warned", set())
+    return tmp_path
+
+
+def test_tasks_of_the_split_kernels():
+    for spec in (SPEC, LinearSpec("simple_gla", "chunk", 128, 128, "bfloat16", False, 64, "state"),
+                 LinearSpec("simple_gla", "chunk", 128, 128, "bfloat16", False, 64, "state", "many"),
+                 LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "prep"),
+                 LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "state"),
+                 LinearSpec("gla", "chunk", 128, 128, "bfloat16", False, 64, "state")):
+        shape = L.representative_shape(spec, "cuda")
+        tasks = L.tasks(spec, "cuda", shape)
+        keys = [t.variant.key for t in tasks]
+        assert keys[0] == L.default_key(spec, "cuda") and len(set(keys)) == len(keys), keys
+        assert len({t.workload_hash() for t in tasks}) == len(tasks)  # each variant its own workload
+        assert shape["NTt"] == shape["B"] * -(-shape["T"] // spec.chunk)
+        assert L.spec_from_key(spec.key) == spec
+        assert L.flops(spec, shape) > 0
+    many = LinearSpec("linear_attention", "chunk", 128, 128, "bfloat16", False, 64, "state", "many")
+    assert L.representative_shape(many, "cuda")["B"] == 8  # the shape class of the large tiles
+    with pytest.raises(ValueError, match="CUDA only"):
+        L.tasks(SPEC, "cpu", {})
+    with pytest.raises(ValueError, match="dense split"):
+        L.tasks(LinearSpec("simple_gla", "chunk", 64, 64, "float16", True, 64, "state"), "cuda",
+                {"B": 1, "T": 64, "H": 1, "NTt": 1})
+
+
+def test_tuned_record_is_replayed_and_compiled(user_root):
+    from tvm_attn.ops.linear.cuda import cuda_plan
+    from tvm_attn.tune.run import ms_build_cuda_linear
+
+    task = L.tasks(SPEC, "cuda", L.representative_shape(SPEC, "cuda"))[1]  # not the default's tiles
+    _write_record(user_root, SPEC, task, best_s=1e-4, default_s=2e-4)
+    best = dispatch.lookup(SPEC, TGT)
+    assert best is not None and best.variant_key == task.variant.key
+    plan = cuda_plan(SPEC, TGT)
+    assert plan.name == "tuned_r1"
+    src = _tvm.cuda_source(plan.build())  # the trace replayed on the symbolic (any-length) function
+    sch = L.replay(SPEC, "cuda", task.variant, best.trace)
+    warps = [int(d[0]) for i, d in sch.trace.decisions.items() if i.kind.name == "SamplePerfectTile"][0]
+    assert f"__launch_bounds__({32 * warps})" in src and "mma.sync.aligned.m16n8k16" in src
+    assert "int T" in src  # lengths stay symbolic
+    # the tuner's builder compiles a concrete candidate (sampled on a private copy, as the search does)
+    private = _tvm.Schedule(_tvm.tvm.ir.load_json(_tvm.tvm.ir.save_json(_tvm.tvm.IRModule({"main": task.func}))))
+    task.space(private)
+    built = ms_build_cuda_linear(private.mod, _tvm.cuda_target("sm_90a"), None)
+    assert "mma.sync" in built.imports[0].inspect_source()
+
+
+def test_slower_or_stale_record_is_not_applied(user_root):
+    task = L.tasks(SPEC, "cuda", L.representative_shape(SPEC, "cuda"))[1]
+    folder = _write_record(user_root, SPEC, task, best_s=3e-4, default_s=2e-4)
+    assert dispatch.lookup(SPEC, TGT) is None  # slower than the default in its own run
+    prov = json.loads((folder / "provenance.json").read_text())
+    prov["best"]["measured_s"] = 1e-4
+    prov["workloads"][task.variant.key] = "0x0123456789abcdef"
+    records.write_atomic(folder / "provenance.json", json.dumps(prov))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dispatch.lookup(SPEC, TGT) is None
+    assert any("stale" in str(w.message) and "changed" in str(w.message) for w in caught)
+
+
+def test_missing_records_warn_once_per_op(user_root):
+    state = LinearSpec("simple_gla", "chunk", 128, 128, "bfloat16", False, 64, "state")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert dispatch.lookup(state, TGT) is None and dispatch.lookup(SPEC, TGT) is None
+    msgs = [str(w.message) for w in caught if "no tuned record" in str(w.message)]
+    assert len(msgs) == 1 and "tvm-attn tune --op simple_gla --head-dim 128 --dtype bfloat16 --chunk 64" in msgs[0]
+
+
+def test_cli_linear_ops(user_root, capsys):
+    from tvm_attn.tune import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers())
+    args = parser.parse_args(["tune", "--op", "gated_delta_rule", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="tuned on CUDA only"):
+        args.func(args)
+    args = parser.parse_args(["tune", "--op", "simple_gla", "--dtype", "float16", "--chunk", "128"])
+    keys = [s.key for s in cli._specs(args)]
+    assert keys == ["linear_simple_gla_chunk_state_k128_v128_float16_c128_dense",
+                    "linear_simple_gla_chunk_state_many_k128_v128_float16_c128_dense",
+                    "linear_simple_gla_chunk_output_k128_v128_float16_c128_dense"]
+    task = L.tasks(SPEC, "cuda", L.representative_shape(SPEC, "cuda"))[0]
+    _write_record(user_root, SPEC, task, best_s=1e-4, default_s=2e-4)
+    args = parser.parse_args(["show", f"{TGT.card}/{SPEC.key}"])
+    args.func(args)
+    out = capsys.readouterr().out
+    assert "sample_perfect_tile" in out and "tuned 0.100 ms" in out
