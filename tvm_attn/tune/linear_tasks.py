@@ -113,7 +113,7 @@ def flops(spec: LinearSpec, shape: dict[str, int]) -> int:
     """Matrix-product flops of the kernel at ``shape`` (2 per multiply-add)."""
     n, t, h, c = shape["B"], shape["T"], shape["H"], spec.chunk
     k, v = spec.key_dim, spec.value_dim
-    per_chunk = {"prep": c * c * k + c * c * c + c * c * (k + v),  # K Kᵀ, the solve, W and U
+    per_chunk = {"prep": c * c * k + c * c * (k + v),  # K Kᵀ, W and U (the solve is not counted)
                  "state": c * k * v + (c * k * v if spec.static.rule == "delta" else 0),  # Kᵀ V' (and W S)
                  "output": c * k * v + c * c * k + c * c * v}[spec.part]  # Q h, Q Kᵀ, P V
     return 2 * n * h * math.ceil(t / c) * per_chunk
