@@ -199,3 +199,18 @@ def test_rpc_tracker_on_loopback(tmp_path):
             if p is not None:
                 p.terminate()
                 p.wait(timeout=30)
+
+
+def test_show_prints_a_shipped_record(capsys):
+    # `tvm-attn show` replays a shipped flash record's trace and prints its decisions and speeds
+    import argparse
+
+    from tvm_attn.tune import cli
+
+    rec = next(r for r in records.listing() if r.spec.startswith("flash_fwd"))
+    parser = argparse.ArgumentParser()
+    cli.add_commands(parser.add_subparsers())
+    args = parser.parse_args(["show", f"{rec.gpu}/{rec.spec}"])
+    args.func(args)
+    out = capsys.readouterr().out
+    assert "sample_perfect_tile" in out and "default " in out and "tuning.png" in out
