@@ -6,6 +6,7 @@ functions. ``family(spec)`` picks one; the tuner, the dispatch and the CLI go th
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 from tvm_attn import _tvm
@@ -105,8 +106,6 @@ def replay(spec: KernelSpec, device: str, variant, trace_json):
 def family(spec):
     """The tasks module of ``spec``'s kind of kernel: this one (flash) or ``linear_tasks``."""
     if isinstance(spec, KernelSpec):
-        import sys
-
         return sys.modules[__name__]
     from tvm_attn.tune import linear_tasks
 
@@ -116,8 +115,6 @@ def family(spec):
 def family_of_key(key: str):
     """The tasks module of a record's specialisation key."""
     from tvm_attn.tune import linear_tasks
-
-    import sys
 
     return linear_tasks if key.startswith("linear_") else sys.modules[__name__]
 
