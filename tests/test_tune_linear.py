@@ -146,3 +146,37 @@ def test_cli_linear_ops(user_root, capsys):
     args.func(args)
     out = capsys.readouterr().out
     assert "sample_perfect_tile" in out and "tuned 0.100 ms" in out
+
+
+def test_tune_end_to_end_with_a_stand_in_runner(tmp_path, monkeypatch):
+    # `tune` on a linear kernel as it runs on a GPU, with the measurements stood in (no GPU here): the
+    # search samples and mutates the kernel's space on private copies, the builder workers compile every
+    # candidate for sm_90a, and the records, provenance and plot are written; the record then dispatches
+    from tvm_attn.ops.linear.cuda import cuda_plan
+    from tvm_attn.tune import run
+
+    ms = _tvm.ms
+    built = []
+
+    @_tvm.derived_object
+    class StandIn(ms.runner.PyRunner):
+        def run(self, runner_inputs):
+            out = []
+            for n, inp in enumerate(runner_inputs):
+                built.append(inp.artifact_path)
+                secs = [1e-4 * (1 + n)]
+                out.append(ms.runner.RunnerFuture(lambda: True, lambda s=secs: ms.runner.RunnerResult(s, None)))
+            return out
+
+    monkeypatch.setattr(run, "_runner", lambda device, rpc: StandIn())
+    monkeypatch.setattr(run, "measure_default_and_tuned", lambda *a: (2e-4, 1e-4))
+    monkeypatch.setattr(run, "_card", lambda device: {"card": "stand-in"})
+    monkeypatch.setenv("TVM_ATTN_TUNING_DIR", str(tmp_path))
+    monkeypatch.setattr(dispatch, "_warned", set())
+    result = run.tune(SPEC, device="cuda", gpu=TGT.card, arch="sm_90a", trials=4, out_root=tmp_path, workers=2)
+    assert len(built) == 4 and all(built)  # every candidate compiled
+    prov = json.loads((result.folder / "provenance.json").read_text())
+    assert prov["trials"] == 4 and set(prov["workloads"]) == {t.variant.key for t in L.tasks(
+        SPEC, "cuda", L.representative_shape(SPEC, "cuda"))}
+    assert (result.folder / "tuning.png").stat().st_size > 0
+    assert cuda_plan(SPEC, TGT).name.startswith("tuned_")
