@@ -84,7 +84,6 @@ def test_tasks_of_the_split_kernels():
 
 def test_tuned_record_is_replayed_and_compiled(user_root):
     from tvm_attn.ops.linear.cuda import cuda_plan
-    from tvm_attn.tune.run import ms_build_cuda_linear
 
     task = L.tasks(SPEC, "cuda", L.representative_shape(SPEC, "cuda"))[1]  # not the default's tiles
     _write_record(user_root, SPEC, task, best_s=1e-4, default_s=2e-4)
@@ -100,7 +99,7 @@ def test_tuned_record_is_replayed_and_compiled(user_root):
     # the tuner's builder compiles a concrete candidate (sampled on a private copy, as the search does)
     private = _tvm.Schedule(_tvm.tvm.ir.load_json(_tvm.tvm.ir.save_json(_tvm.tvm.IRModule({"main": task.func}))))
     task.space(private)
-    built = ms_build_cuda_linear(private.mod, _tvm.cuda_target("sm_90a"), None)
+    built = L.ms_build_cuda(private.mod, _tvm.cuda_target("sm_90a"), None)
     assert "mma.sync" in built.imports[0].inspect_source()
 
 

@@ -57,7 +57,7 @@ def func(spec: LinearSpec, variant):
     """The unscheduled CUDA function of ``variant`` (as ``ops.linear.cuda.cuda_schedule`` builds it)."""
     from tvm_attn.ops.linear.cuda import cuda_func
 
-    return cuda_func(spec, variant).with_attr("global_symbol", "main").with_attr("tirx.noalias", True)
+    return cuda_func(spec, variant)  # (global symbol "main", noalias: set by the compute)
 
 
 def specialize(f, sizes: dict[str, int], scale: float):
@@ -146,18 +146,38 @@ def part_args(spec: LinearSpec, shape: dict[str, int], device):
     return (q, k, v, *gc, hs, torch.empty_like(v), scale_of(spec))
 
 
+def ms_build_cuda(mod, target, _params):
+    """MetaSchedule builder for the split kernels (their shared-memory plan and cp.async; module level:
+    builder workers import it by name)."""
+    from tvm_attn.ops.linear.cuda import build_config
+
+    _tvm.import_tensor_intrin()
+    _tvm._patch_lower_warp_memory()
+    with _tvm.tvm.transform.PassContext(opt_level=3, config=build_config()):
+        return _tvm.tvm.build(mod, target=target)
+
+
+def ms_builder(device: str):
+    _require_cuda(device)
+    return ms_build_cuda
+
+
+def plans(spec: LinearSpec, tgt, best) -> tuple:
+    """The default decision's plan and the plan replaying ``best`` (``tune.run.Best``)."""
+    from tvm_attn.kernels import Plan
+    from tvm_attn.ops.linear.cuda import default_plan
+    from tvm_attn.tune import dispatch
+
+    return default_plan(spec, tgt.arch or "sm_90a"), Plan("tuned", lambda: dispatch.build_tuned(spec, tgt, best))
+
+
 def measure(spec: LinearSpec, device: str, arch: str | None, shape: dict, plans) -> list[float]:
     """Seconds of each plan's kernel on the same real arguments, through the compiled module's call."""
     import torch
 
-    from tvm_attn.bench.driver import time_calls
+    from tvm_attn.tune.tasks import time_plans
 
-    args = part_args(spec, shape, torch.device(device))
-    times = []
-    for plan in plans:
-        fn = plan.build()["main"]
-        times.append(time_calls([lambda fn=fn: fn(*args)], device))
-    return times
+    return time_plans(plans, part_args(spec, shape, torch.device(device)), device)
 
 
 def tune_hint(spec: LinearSpec) -> str:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tvm_attn import _tvm, kernels
-from tvm_attn.kernels import KernelSpec
 from tvm_attn.tune import records, tasks as T
 from tvm_attn.tune.search import PrivateCopyEvolutionarySearch
 
@@ -27,16 +26,6 @@ def ms_build_cuda(mod, target, _params):
     _tvm.import_tensor_intrin()
     _tvm._patch_lower_warp_memory()
     with _tvm.tvm.transform.PassContext(opt_level=3, config=_tvm.build_config()):
-        return _tvm.tvm.build(mod, target=target)
-
-
-def ms_build_cuda_linear(mod, target, _params):
-    """MetaSchedule builder for the linear split kernels (their shared-memory plan and cp.async)."""
-    from tvm_attn.ops.linear.cuda import build_config
-
-    _tvm.import_tensor_intrin()
-    _tvm._patch_lower_warp_memory()
-    with _tvm.tvm.transform.PassContext(opt_level=3, config=build_config()):
         return _tvm.tvm.build(mod, target=target)
 
 
@@ -118,7 +107,7 @@ class Progress(ms.measure_callback.PyMeasureCallback):
 # ------------------------------------------------------------------------------------------ tune
 @dataclass
 class TuneResult:
-    spec: KernelSpec
+    spec: object  # KernelSpec (flash) or LinearSpec (a linear split kernel)
     folder: Path
     default_s: float
     tuned_s: float
@@ -135,9 +124,11 @@ def target_for(device: str, arch: str | None):
                         "max_threads_per_block": 1024, "thread_warp_size": 32})
 
 
-def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: int, out_root: Path,
+def tune(spec, *, device: str, gpu: str, arch: str | None, trials: int, out_root: Path,
          resume: bool = False, rpc: tuple[str, int, str] | None = None, workers: int | None = None,
          seed: int = 1) -> TuneResult:
+    """Tune ``spec`` (a flash ``KernelSpec`` or a linear split kernel's ``LinearSpec``: its tasks module,
+    ``tasks.family(spec)``, supplies the tasks, builder, flops and measurement)."""
     folder = out_root / gpu / spec.key
     if folder.exists() and any((folder / f).exists() for f in records.DB_FILES) and not resume:
         raise FileExistsError(f"{folder} already holds records: pass --resume to continue them")
@@ -179,8 +170,7 @@ def tune(spec: KernelSpec, *, device: str, gpu: str, arch: str | None, trials: i
             max_trials_global=remaining, max_trials_per_task=max(2, math.ceil(remaining / len(contexts)) * 2),
             num_trials_per_iter=min(16, max(2, remaining // len(contexts))),
             builder=ms.builder.LocalBuilder(max_workers=workers, timeout_sec=180,
-                                            f_build=ms_build_cpu if device == "cpu" else
-                                            ms_build_cuda if isinstance(spec, KernelSpec) else ms_build_cuda_linear,
+                                            f_build=fam.ms_builder(device),
                                             initializer=_tvm.import_tensor_intrin),
             runner=_runner(device, rpc),
             database=db,
@@ -272,15 +262,7 @@ def best_record(spec, device: str, folder: Path) -> Best | None:
 def measure_default_and_tuned(spec, device: str, arch: str | None, shape: dict, best: Best):
     """Time the default decision and the best record through the real call path (same inputs, same run)."""
     fam = T.family(spec)
-    tgt = kernels.DeviceTarget(device, arch)
-    if isinstance(spec, KernelSpec):
-        plans = (kernels.default_plan(spec, tgt), kernels.tuned_plan(spec, tgt, best))
-    else:
-        from tvm_attn.ops.linear.cuda import default_plan
-        from tvm_attn.tune import dispatch
-
-        plans = (default_plan(spec, arch or "sm_90a"),
-                 kernels.Plan("tuned", lambda: dispatch.build_tuned(spec, tgt, best)))
+    plans = fam.plans(spec, kernels.DeviceTarget(device, arch), best)
     default_s, tuned_s = fam.measure(spec, device, arch, shape, plans)
     return default_s, tuned_s
 

@@ -154,11 +154,34 @@ def flops(spec: KernelSpec, shape: dict) -> int:
     return 4 * shape["B"] * shape["Hq"] * spec.head_dim * visible_pairs(shape["Tq"], shape["Tk"], spec.causal)
 
 
+def ms_builder(device: str):
+    """The MetaSchedule builder function (module level: builder workers import it by name)."""
+    from tvm_attn.tune import run
+
+    return run.ms_build_cpu if device == "cpu" else run.ms_build_cuda
+
+
+def plans(spec: KernelSpec, tgt, best) -> tuple:
+    """The default decision's plan and the plan replaying ``best`` (``tune.run.Best``)."""
+    from tvm_attn import kernels
+
+    return kernels.default_plan(spec, tgt), kernels.tuned_plan(spec, tgt, best)
+
+
+def time_plans(plans, args, device: str) -> list[float]:
+    """Seconds of each plan's kernel called on ``args`` (the same tensors for every plan)."""
+    from tvm_attn.bench.driver import time_calls
+
+    times = []
+    for plan in plans:
+        fn = plan.build()["main"]
+        times.append(time_calls([lambda fn=fn: fn(*args)], device))
+    return times
+
+
 def measure(spec: KernelSpec, device: str, arch: str | None, shape: dict, plans) -> list[float]:
     """Seconds of each plan's kernel on the same inputs, through the compiled module's call."""
     import torch
-
-    from tvm_attn.bench.driver import time_calls
 
     dev = torch.device(device)
     dt = getattr(torch, spec.dtype)
@@ -167,12 +190,7 @@ def measure(spec: KernelSpec, device: str, arch: str | None, shape: dict, plans)
     v = torch.randn_like(k)
     out = torch.empty_like(q)
     lse = torch.empty(shape["B"], shape["Hq"], shape["Tq"], device=dev)
-    scale = scale_of(spec)
-    times = []
-    for plan in plans:
-        fn = plan.build()["main"]
-        times.append(time_calls([lambda fn=fn: fn(q, k, v, out, lse, scale)], device))
-    return times
+    return time_plans(plans, (q, k, v, out, lse, scale_of(spec)), device)
 
 
 def tune_hint(spec: KernelSpec) -> str:
