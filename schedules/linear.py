@@ -118,12 +118,17 @@ DEFAULT_SPLIT_VARIANTS = {
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
     # (bench/results/h200/linear-gla-kernels-20261128.json)
     "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=3),
+    # the carry between the two passes of a segmented state recurrence: one thread per state element
+    "carry": LinearVariant(block_v=0, warps=8, unroll=0),
 }
 
 
 def default_split_variant(part: str, rule: str, gate: str = "scalar", tiles: str = "") -> LinearVariant:
     """The default variant of one split kernel (``part``) for an op's state rule (``add`` / ``delta``)
-    and gate (``none`` / ``scalar`` / ``vector``); ``tiles`` names one of its ``SPLIT_TILINGS``."""
+    and gate (``none`` / ``scalar`` / ``vector``); ``tiles`` names one of its ``SPLIT_TILINGS``. The
+    segment-local pass of a segmented state recurrence (``state_local``) is the state kernel's."""
+    if part == "state_local":
+        part = "state"
     if tiles:
         if tiles not in SPLIT_TILINGS.get((part, rule, gate), ()):
             raise ValueError(f"no tiling {tiles!r} for the {part} kernel of rule {rule!r}, gate {gate!r}")
@@ -558,9 +563,11 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
         fr.load_transposed("Vt_load", buf="Vt_w")
     fr.elementwise("V_decay", buf="Vd_w", replicate=not add)
     for name in ("S_init", "S_cast", "ht_store"):
-        fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
-    sch.storage_align(sch.get_sblock("S_cast"), 0, axis=-2, factor=32, offset=8)
-    _copy(sch, "h_store", fr.nw, threads_max, align=False)
+        if _has(sch, name):  # (the segment-local pass keeps no h, so it has no S_cast nor h_store)
+            fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
+    if _has(sch, "h_store"):
+        sch.storage_align(sch.get_sblock("S_cast"), 0, axis=-2, factor=32, offset=8)
+        _copy(sch, "h_store", fr.nw, threads_max, align=False)
     if _has(sch, "S_decay"):
         fr.elementwise("S_decay", buf="ST_w", in_place=True)
     if delta:
@@ -665,12 +672,22 @@ def _output_tail(sch: Schedule, fr: _Fragments) -> None:
     _copy(sch, "O_store", fr.nw, 32 * fr.tiles, align=False)
 
 
+def apply_cuda_carry(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule the segments' carry (``split.carry``): one thread per state element, consecutive threads
+    on consecutive value columns (coalesced), ``variant.warps`` warps per CTA."""
+    f = sch.fuse(*sch.get_loops("tile"))
+    bx, tx = sch.split(f, [None, 32 * variant.warps])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
 def apply_cuda_chunk_part(sch: Schedule, part: str, variant: LinearVariant, dtype: str, *,
                           tunable: bool = False) -> None:
-    """Schedule one kernel of the split chunk form (``part``: prep | state | output; the tiles are in
-    the compute, built with ``variant``'s)."""
+    """Schedule one kernel of the split chunk form (``part``: prep | state | output, or a segmented state
+    pass's state_local | carry; the tiles are in the compute, built with ``variant``'s)."""
     gla = _has(sch, "G_load")  # split_gla.py's kernels
-    {"prep": apply_cuda_chunk_prep, "state": apply_cuda_chunk_state_gla if gla else apply_cuda_chunk_state,
+    state = apply_cuda_chunk_state_gla if gla else apply_cuda_chunk_state
+    {"prep": apply_cuda_chunk_prep, "state": state, "state_local": state, "carry": apply_cuda_carry,
      "output": apply_cuda_chunk_output_gla if gla else apply_cuda_chunk_output}[part](
         sch, variant, dtype, tunable=tunable)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 
 import pytest
 import torch
@@ -193,6 +194,46 @@ def test_split_state_tiling_by_shape(monkeypatch):
     for op in ("gla", "delta_rule", "gated_delta_rule"):
         assert tiling(op, 64, 64, 128, 128, cuda) == ""
     assert tiling("simple_gla", 64, 64, 128, 128, torch.device("cpu")) == ""
+
+
+@pytest.mark.parametrize("op", ["simple_gla", "linear_attention"])
+def test_split_segmented_state_against_reference(op: str, monkeypatch):
+    # the add rule's state pass split along the sequence (segment-local pass, carry, state pass on the
+    # segments): dense rows and uneven varlen (a one-token and an empty sequence, lengths that end
+    # mid-chunk and on a segment boundary), segments of one, two and three chunks, from a random
+    # initial state, outputs and final states NaN-poisoned
+    from tvm_attn.ops.linear import torch_ops
+
+    whole = torch_ops.run_chunk_split
+    for s in (shape(300), shape(seqlens=[37, 200, 1, 0, 129, 64, 96])):
+        for dtype in ("float32", "bfloat16"):
+            inp = make_inputs(op, s, dtype, "cpu", seed=23)
+            for seg in (1, 2, 3):
+                monkeypatch.setattr(sys.modules[__name__], "run_chunk_split",
+                                    lambda *a, **kw: whole(*a, **kw, segment_chunks=seg))
+                check(f"split {op} segments of {seg} chunks {s} {dtype}", op, "chunk", inp, chunk=32, dtype=dtype,
+                      split=True)
+
+
+def test_state_segment_chunks_by_shape(monkeypatch):
+    # split along the sequence while the state pass's CTAs are too few to fill the card (a long
+    # sequence, few heads), in segments of at least SEGMENT_MIN_CHUNKS; never for the large-tile tiling,
+    # gla or the delta rules, nor on the CPU
+    from tvm_attn.ops.linear import torch_ops
+
+    monkeypatch.setattr(torch_ops, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    seg = torch_ops.state_segment_chunks
+    want = torch_ops.SEGMENT_CTAS_PER_SM * 132  # CTAs of the split pass; the default tiling has 8 per head
+    assert seg("simple_gla", 1, 16, 128, 128, 512, "", cuda) == math.ceil(512 / (want // 128))  # T = 32768
+    assert seg("linear_attention", 2, 16, 128, 128, 128, "", cuda) == 64  # (2, 8192): two segments
+    assert seg("simple_gla", 4, 16, 128, 128, 64, "", cuda) == 0  # 512 CTAs: whole
+    assert seg("simple_gla", 1, 16, 128, 128, 16, "", cuda) == 0  # too short to cut
+    assert seg("simple_gla", 1, 4, 128, 128, 40, "", cuda) == torch_ops.SEGMENT_MIN_CHUNKS
+    assert seg("simple_gla", 1, 16, 128, 128, 512, "many", cuda) == 0
+    for op in ("gla", "delta_rule", "gated_delta_rule"):
+        assert seg(op, 1, 16, 128, 128, 512, "", cuda) == 0
+    assert seg("simple_gla", 1, 16, 128, 128, 512, "", torch.device("cpu")) == 0
 
 
 def test_split_chunk_layout_and_cumsum():
@@ -528,6 +569,28 @@ def test_cuda_state_tiling_many_against_reference(op: str, monkeypatch):
         for s in (shape(200, kd=128, vd=128), shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128)):
             inp = make_inputs(op, s, dtype, "cuda", seed=19)
             check(f"cuda {op} many {dtype} {s}", op, "chunk", inp, chunk=64, dtype=dtype)
+
+
+@requires_cuda
+@pytest.mark.parametrize("op", ["simple_gla", "linear_attention"])
+def test_cuda_segmented_state_against_reference(op: str):
+    # the state pass split along the sequence, forced (it is picked for few, long sequences)
+    from tvm_attn.ops.linear.torch_ops import run_chunk_split
+
+    for dtype in ("float16", "bfloat16"):
+        for s, seg in ((shape(1000, b=1, kd=128, vd=128), 4), (shape(seqlens=[37, 700, 1, 0, 130, 64], kd=64, vd=128), 2)):
+            inp = make_inputs(op, s, dtype, "cuda", seed=29)
+            h0 = state_for(inp, "chunk")
+            cu = inp.get("cu_seqlens")
+            n = cu.shape[0] - 1 if cu is not None else inp["q"].shape[0]
+            out = torch.full(inp["v"].shape, float("nan"), dtype=inp["q"].dtype, device="cuda")
+            final = torch.full((n, s["H"], s["K"], s["V"]), float("nan"), device="cuda")
+            run_chunk_split(op, inp["q"], inp["k"], inp["v"], *extras(op, inp), h0, cu, s["K"] ** -0.5, 64,
+                            out=out, final_state=final, segment_chunks=seg)
+            ref, ref_ht = reference(op, inp, initial_state=h0)
+            ref_lowp, ref_ht_lowp = reference(op, inp, initial_state=h0, upcast=False)
+            assert_fa_rule(f"cuda {op} segmented {dtype} {s} o", out, ref, ref_lowp)
+            assert_fa_rule(f"cuda {op} segmented {dtype} {s} final state", final, ref_ht, ref_ht_lowp)
 
 
 def _smem_overlaps(pre, post) -> list[str]:

@@ -24,7 +24,7 @@ class LinearSpec:
     dtype: str  # float16 | bfloat16 | float32
     varlen: bool
     chunk: int = 0  # chunk size (chunk form), mini-batch size (ttt), 0 otherwise
-    part: str = ""  # one kernel of the split chunk form (split.PARTS), "" for the whole form in one kernel
+    part: str = ""  # one kernel of the split chunk form (split.PARTS, SEGMENT_PARTS), "" for the whole form
     tiles: str = ""  # a split kernel's tiling for a class of shapes (kinds.SPLIT_TILINGS); "" the default
 
     @property
@@ -60,9 +60,12 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
         kw = {"chunk_size": spec.chunk, "op_dtype": op_dtype, "smem": scopes.tile, "acc": scopes.acc}
         if spec.part == "prep":
             return split.prep(st, **kw, solve=scopes.solve, frag=scopes.frag)
-        if spec.part == "state":
+        if spec.part == "carry":
+            return split.carry(st)
+        if spec.part in ("state", "state_local"):
+            local = {"local": True} if spec.part == "state_local" else {}
             return kernels_of.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag, solve=scopes.solve,
-                               min_chunks=max(stages, 1))
+                                    min_chunks=max(stages, 1), **local)
         if st.gate == "vector":
             kw["solve"] = scopes.solve
         return kernels_of.output(st, **kw, block_v=block_v, frag=scopes.frag)

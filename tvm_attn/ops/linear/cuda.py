@@ -67,7 +67,7 @@ def cuda_func(spec: LinearSpec, variant):
 
 def split_block_k(spec: LinearSpec, variant) -> int | None:
     """The key tile of a split state kernel: the variant's for the add rule, all K for the delta rule."""
-    if spec.part != "state" or spec.static.rule == "delta" or not variant.block_k:
+    if spec.part not in ("state", "state_local") or spec.static.rule == "delta" or not variant.block_k:
         return None
     return min(variant.block_k, spec.key_dim)
 

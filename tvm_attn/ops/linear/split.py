@@ -42,6 +42,8 @@ from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _keep_params
 
 PARTS = ("prep", "state", "output")
+# the state pass split along the sequence (add rule, few (sequence, head) pairs: see ``state`` and ``carry``)
+SEGMENT_PARTS = ("state_local", "carry")
 
 
 def _clamped(bos, r, seq_len):
@@ -56,6 +58,10 @@ def signature(st: LinearStatic, part: str) -> list[str]:
     gc = ["gc"] if gated else []
     if part == "prep":
         return ["k", "v", *gc, "beta", *(["cu_seqlens", "chunk_indices"] if varlen else []), "w", "u"]
+    if part == "state_local":
+        return ["k", "v", *gc, "seg_rows", "ht", *(["gt"] if gated else [])]
+    if part == "carry":
+        return ["ht_local", *(["gt"] if gated else []), "h0", "seg_offsets", "hin"]
     if part == "state":
         return (["k", *(["w", "u"] if delta else ["v"]), *gc, "h0",
                  *(["cu_seqlens", "chunk_offsets"] if varlen else []), "h", *(["vn"] if delta else []), "ht"])
@@ -243,7 +249,7 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
 
 def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | None = None,
           op_dtype: str | None = None, smem: str = "global", acc: str = "global", frag: str = "global",
-          solve: str = "global", min_chunks: int = 1):
+          solve: str = "global", min_chunks: int = 1, local: bool = False):
     """Build the PrimFunc ``main`` of the state pass. ``block_k`` (add rule only) tiles the state's rows:
     its rows never mix there, so key tiles are independent. ``frag``: the scope of the fp32 state and of
     the decayed values (register fragments, "warp", on CUDA); ``solve``: the per-thread scalar e^{b_C}
@@ -259,8 +265,15 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     The chunk tiles are plain copies of clamped rows (the mask is in d), so CUDA can stage them
     asynchronously, chunks ahead. The chunk loop runs at least ``min_chunks`` times (a software
     pipeline of s stages needs a trip count it can prove >= s); the extra iterations of a short or
-    empty sequence add nothing and store nothing."""
+    empty sequence add nothing and store nothing.
+
+    ``local`` (add rule, varlen: part ``state_local``): the first pass of the state recurrence split
+    along the sequence. Each tile walks one segment (rows ``seg_rows[p]``, whole chunks of a sequence)
+    from a zero state and stores only where it ends, ``ht[p]``, and (gated) the segment's total log
+    decay ``gt[p]`` (the sum of its chunks' b_C); no h. ``carry`` then gives every segment its incoming
+    state and the plain state pass runs on the segments from those (all segments at once)."""
     _check(st)
+    assert not local or (st.rule == "add" and st.varlen), "the segment-local state pass is add-rule, varlen"
     K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
     BK = block_k or K
     odt = op_dtype or dt
@@ -272,7 +285,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     one = tirx.const(1.0, F32)
 
     @T.macro
-    def seq(k, v, w, u, gc, h0, h, vn, ht, bsel, vn_, vh, vv, vk0, bos, seq_len, cbase):
+    def seq(k, v, w, u, gc, h0, h, vn, ht, gt, bsel, vn_, vh, vv, vk0, bos, seq_len, cbase):
         # the state's (key tile, value tile), transposed: Sᵀ = Vdᵀ K has the register operand Vdᵀ as its A
         # operand (the only operand an mma takes from registers, see _tvm.mma_intrins)
         ST_w = T.sblock_alloc_buffer((BV, BK), F32, scope=frag)
@@ -286,10 +299,17 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
         Vd_w = T.sblock_alloc_buffer((BV, C), odt, scope=frag)  # decayed, masked values, transposed
         Vt_w = T.sblock_alloc_buffer((1, 1) if delta else (BV, C), odt, scope=frag)  # Vᵀ (add rule)
+        gl = T.sblock_alloc_buffer((1,), F32, scope=solve)  # (local) the segment's log decay so far
         for j, kk in T.grid(BV, BK):
             with T.sblock("S_init"):
                 vj, vk = T.axis.remap("SS", [j, kk])
-                ST_w[vj, vk] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
+                if local:
+                    ST_w[vj, vk] = zero
+                else:
+                    ST_w[vj, vk] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
+        if local and gated:
+            with T.sblock("g_init"):
+                gl[0] = zero
         n_c: T.let = T.ceildiv(seq_len, C)  # a bound var: the pipeline pass compares it symbolically
         for c in T.serial(T.max(n_c, min_chunks)):
             for i, kk in T.grid(C, BK):
@@ -313,20 +333,25 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                     with T.sblock("b_load"):
                         vc, vi = T.axis.remap("SS", [c, i])
                         b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
-            with T.sblock("S_cast_scope"):  # (scope blocks: the fragment layout maps a block's own loops)
+            if not local:  # (the segment-local pass keeps no h: it has no Y)
+                with T.sblock("S_cast_scope"):  # (scope blocks: the fragment layout maps a block's own loops)
+                    for j, kk in T.grid(BV, BK):
+                        with T.sblock("S_cast"):
+                            vj, vk = T.axis.remap("SS", [j, kk])
+                            Y_s[vj, vk] = T.Cast(odt, ST_w[vj, vk])
                 for j, kk in T.grid(BV, BK):
-                    with T.sblock("S_cast"):
-                        vj, vk = T.axis.remap("SS", [j, kk])
-                        Y_s[vj, vk] = T.Cast(odt, ST_w[vj, vk])
-            for j, kk in T.grid(BV, BK):
-                with T.sblock("h_store"):
-                    vc, vj, vk = T.axis.remap("SSS", [c, j, kk])
-                    if vc < n_c:
-                        h[cbase + vc, vh, vv * BV + vj, vk0 * BK + vk] = Y_s[vj, vk]
+                    with T.sblock("h_store"):
+                        vc, vj, vk = T.axis.remap("SSS", [c, j, kk])
+                        if vc < n_c:
+                            h[cbase + vc, vh, vv * BV + vj, vk0 * BK + vk] = Y_s[vj, vk]
             if gated:
                 with T.sblock("e_calc"):
                     vc = T.axis.remap("S", [c])
                     eC[0] = T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
+                if local:
+                    with T.sblock("g_acc"):
+                        vc = T.axis.remap("S", [c])
+                        gl[0] = gl[0] + T.Select(vc < n_c, b_s[C - 1], zero)
             if delta:
                 with T.sblock("WS_scope"):
                     for i, j, kk in T.grid(C, BV, K):
@@ -395,6 +420,27 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
             with T.sblock("ht_store"):
                 vj, vk = T.axis.remap("SS", [j, kk])
                 ht[vn_, vh, vk0 * BK + vk, vv * BV + vj] = ST_w[vj, vk]
+        if local and gated:
+            with T.sblock("gt_store"):  # every thread holds the sum; the head's first tile stores it
+                if vv + vk0 == 0:
+                    gt[vn_, vh] = gl[0]
+
+    if local:
+        @T.prim_func(s_tir=True)
+        def main_local(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
+                       gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), seg_rows: T.Buffer((NS, 2), "int32"),
+                       ht: T.Buffer((NS, Hv, K, V), F32), gt: T.Buffer((NS, Hv) if gated else (1,), F32)):
+            T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+            for n, hh, jv, jk in T.grid(NS, Hv, V // BV, K // BK):
+                with T.sblock("tile"):
+                    vn_, vh, vv, vk0 = T.axis.remap("SSSS", [n, hh, jv, jk])
+                    T.reads(*([k[0:QB, 0:Tv, vh, 0:K], v[0:QB, 0:Tv, vh, 0:V], seg_rows[vn_, 0:2]]
+                              + ([gc[0:QB, 0:Tv, vh]] if gated else [])))
+                    T.writes(*([ht[vn_, vh, 0:K, 0:V]] + ([gt[vn_, vh]] if gated else [])))
+                    bos: T.let = seg_rows[vn_, 0]
+                    seq(k, v, v, v, gc, ht, ht, ht, ht, gt, 0, vn_, vh, vv, vk0, bos, seg_rows[vn_, 1] - bos, 0)
+
+        return _keep_params(main_local, signature(st, "state_local"))
 
     @T.prim_func(s_tir=True)
     def main(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
@@ -416,12 +462,53 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                            + ([vn[0:QB, 0:Tv, vh, 0:V]] if delta else [])))
                 if varlen:
                     bos: T.let = cu_seqlens[vn_]
-                    seq(k, v, w, u, gc, h0, h, vn, ht, 0, vn_, vh, vv, vk0, bos, cu_seqlens[vn_ + 1] - bos,
+                    seq(k, v, w, u, gc, h0, h, vn, ht, ht, 0, vn_, vh, vv, vk0, bos, cu_seqlens[vn_ + 1] - bos,
                         chunk_offsets[vn_])
                 else:
-                    seq(k, v, w, u, gc, h0, h, vn, ht, vn_, vn_, vh, vv, vk0, 0, Tv, vn_ * T.ceildiv(Tv, C))
+                    seq(k, v, w, u, gc, h0, h, vn, ht, ht, vn_, vn_, vh, vv, vk0, 0, Tv, vn_ * T.ceildiv(Tv, C))
 
     return _keep_params(main, signature(st, "state"))
+
+
+def carry(st: LinearStatic):
+    """Build the PrimFunc ``main`` of the segments' carry (part ``carry``), between the two passes of a
+    state recurrence split along the sequence: one thread per (sequence, head, key, value) walks the
+    sequence's segments (``seg_offsets`` [N + 1]: its segments are ``seg_offsets[n] ..
+    seg_offsets[n + 1] - 1``; ``state_local`` computed all but the last one of each, as rows
+    ``p = seg_offsets[n] − n + i``) and gives each its incoming state (fp32):
+
+        hin[first] = h0[n],   hin[next] = e^{gt[p]} · hin[this] + ht_local[p]
+
+    (the add rule's state after a segment is its decayed incoming state plus what the segment adds)."""
+    _check(st)
+    assert st.rule == "add"
+    K, V = st.key_dim, st.value_dim
+    gated = st.gate != "none"
+    NS, Hv, NC, NP, NG = (tirx.Var(x, "int32") for x in ("N", "H", "NC", "NP", "NG"))
+
+    @T.prim_func(s_tir=True)
+    def main(ht_local: T.Buffer((NP, Hv, K, V), F32),
+             gt: T.Buffer((NP, Hv) if gated else (1,), F32), h0: T.Buffer((NS, Hv, K, V), F32),
+             seg_offsets: T.Buffer((NC,), "int32"), hin: T.Buffer((NG, Hv, K, V), F32)):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for n, hh, kk, jv in T.grid(NS, Hv, K, V):
+            with T.sblock("tile"):
+                vn_, vh, vk, vj = T.axis.remap("SSSS", [n, hh, kk, jv])
+                T.reads(ht_local[0:NP, vh, vk, vj], h0[vn_, vh, vk, vj], seg_offsets[vn_:vn_ + 2],
+                        *([gt[0:NP, vh]] if gated else []))
+                T.writes(hin[0:NG, vh, vk, vj])
+                run = T.sblock_alloc_buffer((1,), F32, scope="local")  # the state entering the next segment
+                first: T.let = seg_offsets[vn_]
+                run[0] = h0[vn_, vh, vk, vj]
+                hin[first, vh, vk, vj] = run[0]
+                for i in T.serial(seg_offsets[vn_ + 1] - first - 1):
+                    if gated:
+                        run[0] = T.exp(gt[first - vn_ + i, vh]) * run[0] + ht_local[first - vn_ + i, vh, vk, vj]
+                    else:
+                        run[0] = run[0] + ht_local[first - vn_ + i, vh, vk, vj]
+                    hin[first + i + 1, vh, vk, vj] = run[0]
+
+    return _keep_params(main, signature(st, "carry"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -64,12 +64,13 @@ def _chunk_local_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None, chunk:
     return grid.cumsum(1)[cid, r].unsqueeze(0).contiguous()
 
 
-def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int):
+def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int, cu: list[int] | None = None):
     """(chunks in all, chunk_offsets [N + 1], chunk_indices [chunks, 2] = (sequence, chunk of it)) of the
-    split kernels; the varlen index tensors are built from a host copy of ``cu_seqlens`` (one read)."""
+    split kernels; the varlen index tensors are built from a host copy of ``cu_seqlens`` (``cu``, else
+    one read)."""
     if cu_seqlens is None:
         return b * math.ceil(t / chunk), None, None
-    cu = cu_seqlens.tolist()
+    cu = cu_seqlens.tolist() if cu is None else cu
     counts = [math.ceil((e - s) / chunk) for s, e in zip(cu, cu[1:])]
     offsets = [0]
     for c in counts:
@@ -78,6 +79,38 @@ def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int):
     dev = cu_seqlens.device
     return (offsets[-1], torch.tensor(offsets, dtype=torch.int32, device=dev),
             torch.tensor(indices, dtype=torch.int32, device=dev).view(-1, 2))
+
+
+def _segment_plan(bounds: tuple[int, ...], bases: tuple[int, ...], chunk: int, seg_chunks: int, device):
+    """Index tensors of a state pass split along the sequence: sequence n (rows ``bounds[n] ..
+    bounds[n + 1]`` of the flattened tokens, its first chunk row of h ``bases[n]``) cut into segments of
+    ``seg_chunks`` whole chunks (its last one shorter; an empty sequence is one empty segment). Returns
+    (seg_cu [S + 1] (the segments as varlen sequences), seg_chunk_offsets [S + 1] (their first chunk
+    rows of h), seg_rows [P, 2] (row ranges of the segments the local pass walks: all but each
+    sequence's last), seg_offsets [N + 1] (each sequence's first segment), last [N] (its last one))."""
+    cu, offs, rows, first, last = [], [], [], [0], []
+    step = seg_chunks * chunk
+    for n in range(len(bounds) - 1):
+        bos, eos = bounds[n], bounds[n + 1]
+        count = max(1, math.ceil((eos - bos) / step))
+        for i in range(count):
+            cu.append(bos + i * step)
+            offs.append(bases[n] + i * seg_chunks)
+            if i < count - 1:
+                rows.append((bos + i * step, bos + (i + 1) * step))
+        first.append(first[-1] + count)
+        last.append(first[-1] - 1)
+    cu.append(bounds[-1])
+    offs.append(offs[-1] if offs else 0)
+
+    def as_tensor(x, *shape):
+        return torch.tensor(x, dtype=torch.int32, device=device).view(*shape)
+
+    return (as_tensor(cu, -1), as_tensor(offs, -1), as_tensor(rows, -1, 2), as_tensor(first, -1),
+            as_tensor(last, -1).long())
+
+
+_dense_segment_plan = functools.lru_cache(maxsize=64)(_segment_plan)  # dense shapes repeat: upload once
 
 
 @functools.cache
@@ -97,14 +130,46 @@ def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device
     return "many" if ctas >= _sm_count(index) else ""
 
 
+# the add rule's state pass split along the sequence (``state_segment_chunks``)
+SEGMENT_CTAS_PER_SM = 4  # the split aims at this many state CTAs per SM
+SEGMENT_MIN_CHUNKS = 16  # and cuts no segment shorter than this (chunks)
+
+
+def state_segment_chunks(op: str, n: int, h: int, kd: int, vd: int, max_chunks: int, tiles: str,
+                         device: torch.device) -> int:
+    """Chunks per segment when the state pass of ``n`` sequences (the longest ``max_chunks`` chunks) of
+    ``h`` heads runs split along the sequence, 0 when it runs whole. The state recurrence is one CTA per
+    (sequence, head, state tile) walking every chunk: with few such CTAs (one long sequence, few heads)
+    the card is mostly idle and each SM waits on its one CTA's chain of dependent steps. Split into
+    segments, a first pass computes each segment's state from zero (all segments at once), a carry step
+    chains them (``split.carry``), and the state pass proper runs on all segments at once from their
+    incoming states: twice the work, ``SEGMENT_CTAS_PER_SM`` CTAs per SM sharing each SM's issue slots.
+    Add rule, scalar or no gate (its carry is a scalar decay); the default tiling only."""
+    gate, rule = OP_KINDS[op]
+    if device.type != "cuda" or rule != "add" or gate == "vector" or tiles:
+        return 0
+    from ...schedules.linear import default_split_variant
+
+    var = default_split_variant("state", rule, gate)
+    ctas = n * h * math.ceil(vd / min(var.block_v, vd)) * math.ceil(kd / min(var.block_k or kd, kd))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    pieces = SEGMENT_CTAS_PER_SM * _sm_count(index) // ctas
+    if pieces < 2:
+        return 0
+    seg = max(SEGMENT_MIN_CHUNKS, math.ceil(max_chunks / pieces))
+    return seg if seg < max_chunks else 0
+
+
 def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                     beta: torch.Tensor | None, initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
                     scale: float, chunk_size: int, *, out: torch.Tensor | None = None,
-                    final_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    final_state: torch.Tensor | None = None,
+                    segment_chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk form of ``op`` (one of ``SPLIT_OPS``) as the kernels of ``split.py`` launched in
     sequence: prep (delta rules), state, output. Scratch in the operand dtype (fp32 on the CPU):
     per-chunk states h [chunks, H, V, K] (transposed; [chunks, H, K, V] for gla), and for the delta rules
-    W, U and V' shaped like k / v."""
+    W, U and V' shaped like k / v. ``segment_chunks``: the add rule's state pass split along the sequence
+    into segments of that many chunks (0: whole; None: ``state_segment_chunks`` decides)."""
     gate, rule = OP_KINDS[op]
     b, t, h, kd = q.shape
     vd = v.shape[-1]
@@ -116,7 +181,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     def kern(part: str, tiles: str = ""):
         return get(LinearSpec(op, "chunk", kd, vd, _dtype_name(q), varlen, chunk_size, part, tiles), dev)
 
-    n_chunks, offsets, indices = _chunk_layout(cu_seqlens, b, t, chunk_size)
+    cu = cu_seqlens.tolist() if varlen else None  # (one host read)
+    n_chunks, offsets, indices = _chunk_layout(cu_seqlens, b, t, chunk_size, cu)
     gc = [_chunk_local_cumsum(g, cu_seqlens, chunk_size)] if gate != "none" else []
     seqs, offs, idx = ([cu_seqlens], [offsets], [indices]) if varlen else ([], [], [])
     h0 = (torch.zeros((n, h, kd, vd), dtype=torch.float32, device=dev) if initial_state is None
@@ -133,9 +199,53 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         kern("state")(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
         kern("output")(q, k, vn, *gc, hs, *seqs, *idx, o, scale)
     else:
-        kern("state", state_tiling(op, n, h, kd, vd, dev))(k, v, *gc, h0, *seqs, *offs, hs, ht)
+        tiles = state_tiling(op, n, h, kd, vd, dev)
+        max_chunks = math.ceil(max((e - s for s, e in zip(cu, cu[1:])), default=0) / chunk_size) if varlen \
+            else math.ceil(t / chunk_size)
+        seg = (state_segment_chunks(op, n, h, kd, vd, max_chunks, tiles, dev) if segment_chunks is None
+               else segment_chunks)
+        if rule == "add" and gate != "vector" and 0 < seg < max_chunks:
+            _segmented_state(op, k, v, gc, h0, cu, b, t, chunk_size, seg, tiles, hs, ht)
+        else:
+            kern("state", tiles)(k, v, *gc, h0, *seqs, *offs, hs, ht)
         kern("output")(q, k, v, *gc, hs, *seqs, *idx, o, scale)
     return o, ht
+
+
+def _segmented_state(op: str, k: torch.Tensor, v: torch.Tensor, gc: list, h0: torch.Tensor, cu: list[int] | None,
+                     b: int, t: int, chunk: int, seg_chunks: int, tiles: str, hs: torch.Tensor,
+                     ht: torch.Tensor) -> None:
+    """The add rule's state pass split along the sequence (``state_segment_chunks``): the segment-local
+    pass, the carry, then the state pass on the segments as a varlen batch; writes the same h and
+    final states as the whole pass. Dense inputs are viewed as one flattened sequence of rows."""
+    _, _, h, kd = k.shape
+    vd = v.shape[-1]
+    dev = k.device
+    if cu is None:
+        bounds, bases = tuple(range(0, b * t + 1, t)), tuple(n * math.ceil(t / chunk) for n in range(b))
+        seg_cu, seg_offs, seg_rows, seg_first, last = _dense_segment_plan(bounds, bases, chunk, seg_chunks, dev)
+        k, v = k.view(1, b * t, h, kd), v.view(1, b * t, h, vd)
+        gc = [g.view(1, b * t, h) for g in gc]
+    else:
+        bases = [0]
+        for s, e in zip(cu, cu[1:]):
+            bases.append(bases[-1] + math.ceil((e - s) / chunk))
+        seg_cu, seg_offs, seg_rows, seg_first, last = _segment_plan(tuple(cu), tuple(bases), chunk, seg_chunks, dev)
+    gated = bool(gc)
+
+    def kern(part: str, tl: str = ""):
+        return get(LinearSpec(op, "chunk", kd, vd, _dtype_name(k), True, chunk, part, tl), dev)
+
+    f32 = {"dtype": torch.float32, "device": dev}
+    n_local, n_seg = seg_rows.shape[0], seg_cu.shape[0] - 1
+    ht_local = torch.empty((n_local, h, kd, vd), **f32)
+    gt = [torch.empty((n_local, h), **f32)] if gated else []
+    kern("state_local", tiles)(k, v, *gc, seg_rows, ht_local, *gt)
+    hin = torch.empty((n_seg, h, kd, vd), **f32)
+    kern("carry")(ht_local, *gt, h0, seg_first, hin)
+    ht_seg = torch.empty((n_seg, h, kd, vd), **f32)
+    kern("state", tiles)(k, v, *gc, hin, seg_cu, seg_offs, hs, ht_seg)
+    torch.index_select(ht_seg, 0, last, out=ht)
 
 
 def run_kernel(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
