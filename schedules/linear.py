@@ -51,7 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm_attn._tvm import Schedule, fragment_map, mma_intrins
-from tvm_attn.ops.linear.kinds import SPLIT_TILINGS
+from tvm_attn.ops.linear.kinds import SEGMENT_TILING, SPLIT_TILINGS
 
 
 def _has(sch: Schedule, name: str) -> bool:
@@ -113,6 +113,9 @@ DEFAULT_SPLIT_VARIANTS = {
     # add rule with many (sequence, head) pairs: one 64 x 128 tile of the state per CTA, 4 warps (the
     # default's 8 CTAs of 32 x 64 per pair are for few pairs, where they are what fills the card)
     "state_many": LinearVariant(block_v=64, warps=4, unroll=0, block_k=128, stages=2),
+    # add rule split along the sequence (kinds.SEGMENT_TILING): the whole 128 x 128 state per CTA, 8 warps
+    # (bench/results/h200/linear-segmented-state-20261128.json)
+    "state_whole": LinearVariant(block_v=128, warps=8, unroll=0, block_k=128, stages=2),
     "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
     "output": LinearVariant(block_v=128, warps=8, unroll=0),  # at most one warp per 16-row tile of the chunk
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
@@ -125,17 +128,23 @@ DEFAULT_SPLIT_VARIANTS = {
 
 def default_split_variant(part: str, rule: str, gate: str = "scalar", tiles: str = "") -> LinearVariant:
     """The default variant of one split kernel (``part``) for an op's state rule (``add`` / ``delta``)
-    and gate (``none`` / ``scalar`` / ``vector``); ``tiles`` names one of its ``SPLIT_TILINGS``. The
-    segment-local pass of a segmented state recurrence (``state_local``) is the state kernel's."""
+    and gate (``none`` / ``scalar`` / ``vector``); ``tiles`` names one of its ``SPLIT_TILINGS``, or
+    ``SEGMENT_TILING`` for the add rule's state passes split along the sequence (whose segment-local
+    pass, ``state_local``, is the state kernel's)."""
     if part == "state_local":
         part = "state"
     if tiles:
-        if tiles not in SPLIT_TILINGS.get((part, rule, gate), ()):
+        named = SPLIT_TILINGS.get((part, rule, gate), ())
+        if part == "state" and rule == "add" and gate != "vector":
+            named = (*named, SEGMENT_TILING)
+        if tiles not in named:
             raise ValueError(f"no tiling {tiles!r} for the {part} kernel of rule {rule!r}, gate {gate!r}")
         return DEFAULT_SPLIT_VARIANTS[f"{part}_{tiles}"]
     if part == "state" and (rule == "delta" or gate == "vector"):
         return DEFAULT_SPLIT_VARIANTS["state_delta" if rule == "delta" else "state_gla"]
     return DEFAULT_SPLIT_VARIANTS[part]
+
+
 def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str = "") -> list[LinearVariant]:
     """The compute variants tuning tries for one split kernel (each its own MetaSchedule task, its warp
     count sampled): the default first, then the tiles and pipeline depths timed around it on the H200."""

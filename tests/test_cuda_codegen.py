@@ -91,16 +91,18 @@ def test_linear_split_state_many_tiling_compiles():
 
 
 def test_linear_segmented_state_kernels_compile():
-    # the state pass split along the sequence: its segment-local pass (tensor cores, cp.async, no h) and
-    # the carry between segments (one thread per state element), gated and not
+    # the state pass split along the sequence: its segment-local pass (tensor cores, cp.async, no h), the
+    # state pass in the same whole-state tiling and the carry between segments (one thread per state
+    # element), gated and not
     from tvm_attn.ops.linear.build import LinearSpec
     from tvm_attn.ops.linear.cuda import build_cuda
 
     for op, kd, dtype in (("simple_gla", 128, "bfloat16"), ("linear_attention", 64, "float16")):
-        for part in ("state_local", "carry"):
-            src = _tvm.cuda_source(build_cuda(LinearSpec(op, "chunk", kd, 128, dtype, True, 64, part), "sm_90a"))
-            if part == "state_local":
-                assert "mma.sync.aligned.m16n8k16" in src and "cp.async" in src and "ldmatrix" in src
+        for part, tiles in (("state_local", "whole"), ("state", "whole"), ("carry", "")):
+            spec = LinearSpec(op, "chunk", kd, 128, dtype, True, 64, part, tiles)
+            src = _tvm.cuda_source(build_cuda(spec, "sm_90a"))
+            if part != "carry":  # the whole state per CTA, eight warps
+                assert "__launch_bounds__(256)" in src and "mma.sync.aligned.m16n8k16" in src and "cp.async" in src
             else:
                 assert "__launch_bounds__(256)" in src and ("expf" in src) == (op == "simple_gla")
             assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF", (op, part)

@@ -216,24 +216,25 @@ def test_split_segmented_state_against_reference(op: str, monkeypatch):
 
 
 def test_state_segment_chunks_by_shape(monkeypatch):
-    # split along the sequence while the state pass's CTAs are too few to fill the card (a long
-    # sequence, few heads), in segments of at least SEGMENT_MIN_CHUNKS; never for the large-tile tiling,
+    # split along the sequence only while the small default tiles (8 per (sequence, head) at K = V = 128)
+    # leave SMs idle: one whole-state segment per SM, none shorter than SEGMENT_MIN_CHUNKS; never for
     # gla or the delta rules, nor on the CPU
     from tvm_attn.ops.linear import torch_ops
 
     monkeypatch.setattr(torch_ops, "_sm_count", lambda index: 132)
     cuda = torch.device("cuda", 0)
     seg = torch_ops.state_segment_chunks
-    want = torch_ops.SEGMENT_CTAS_PER_SM * 132  # CTAs of the split pass; the default tiling has 8 per head
-    assert seg("simple_gla", 1, 16, 128, 128, 512, "", cuda) == math.ceil(512 / (want // 128))  # T = 32768
-    assert seg("linear_attention", 2, 16, 128, 128, 128, "", cuda) == 64  # (2, 8192): two segments
-    assert seg("simple_gla", 4, 16, 128, 128, 64, "", cuda) == 0  # 512 CTAs: whole
-    assert seg("simple_gla", 1, 16, 128, 128, 16, "", cuda) == 0  # too short to cut
-    assert seg("simple_gla", 1, 4, 128, 128, 40, "", cuda) == torch_ops.SEGMENT_MIN_CHUNKS
-    assert seg("simple_gla", 1, 16, 128, 128, 512, "many", cuda) == 0
+    assert seg("simple_gla", 1, 16, 128, 128, 512, cuda) == 64  # T = 32768: 8 segments of 16 heads
+    assert seg("linear_attention", 1, 16, 128, 128, 1024, cuda) == 128
+    assert seg("simple_gla", 1, 16, 128, 128, 256, cuda) == 32
+    assert seg("simple_gla", 1, 16, 128, 128, 128, cuda) == 0  # segments of 16 chunks: too short
+    assert seg("simple_gla", 2, 16, 128, 128, 512, cuda) == 0  # 256 small tiles fill the card
+    assert seg("simple_gla", 1, 4, 128, 128, 2000, cuda) == 61  # 33 segments of 4 heads
+    assert seg("simple_gla", 1, 4, 128, 128, 400, cuda) == 0  # 33 segments of 13 chunks: too short
+    assert seg("simple_gla", 1, 40, 64, 64, 4096, cuda) == 1366  # K = V = 64: 80 small tiles, 3 segments of 40
     for op in ("gla", "delta_rule", "gated_delta_rule"):
-        assert seg(op, 1, 16, 128, 128, 512, "", cuda) == 0
-    assert seg("simple_gla", 1, 16, 128, 128, 512, "", torch.device("cpu")) == 0
+        assert seg(op, 1, 16, 128, 128, 512, cuda) == 0
+    assert seg("simple_gla", 1, 16, 128, 128, 512, torch.device("cpu")) == 0
 
 
 def test_split_chunk_layout_and_cumsum():

@@ -23,3 +23,6 @@ FORMS_OF: dict[str, tuple[str, ...]] = {
 # split kernels with more than one tiling, each for a class of shapes: (part, rule, gate) -> tiling names
 # (the tilings themselves: schedules.linear.DEFAULT_SPLIT_VARIANTS["<part>_<name>"])
 SPLIT_TILINGS = {("state", "add", "none"): ("many",), ("state", "add", "scalar"): ("many",)}
+# the tiling of the add rule's state passes when they run split along the sequence (one whole state
+# per CTA: the fewest re-reads of K and V; ``torch_ops.state_segment_chunks``)
+SEGMENT_TILING = "whole"

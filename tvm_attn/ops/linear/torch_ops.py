@@ -19,7 +19,7 @@ import math
 import torch
 
 from .build import LinearSpec, get
-from .kinds import OP_KINDS, SPLIT_TILINGS
+from .kinds import OP_KINDS, SEGMENT_TILING, SPLIT_TILINGS
 
 # ops whose CUDA chunk form runs as the split kernels of ``split.py`` (prep, state, output)
 # (``split_gla.py`` for gla)
@@ -130,34 +130,44 @@ def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device
     return "many" if ctas >= _sm_count(index) else ""
 
 
-# the add rule's state pass split along the sequence (``state_segment_chunks``)
-SEGMENT_CTAS_PER_SM = 4  # the split aims at this many state CTAs per SM
-SEGMENT_MIN_CHUNKS = 16  # and cuts no segment shorter than this (chunks)
+# the add rule's state pass split along the sequence (``state_segment_chunks``): no segment shorter
+SEGMENT_MIN_CHUNKS = 32
 
 
-def state_segment_chunks(op: str, n: int, h: int, kd: int, vd: int, max_chunks: int, tiles: str,
-                         device: torch.device) -> int:
-    """Chunks per segment when the state pass of ``n`` sequences (the longest ``max_chunks`` chunks) of
-    ``h`` heads runs split along the sequence, 0 when it runs whole. The state recurrence is one CTA per
-    (sequence, head, state tile) walking every chunk: with few such CTAs (one long sequence, few heads)
-    the card is mostly idle and each SM waits on its one CTA's chain of dependent steps. Split into
-    segments, a first pass computes each segment's state from zero (all segments at once), a carry step
-    chains them (``split.carry``), and the state pass proper runs on all segments at once from their
-    incoming states: twice the work, ``SEGMENT_CTAS_PER_SM`` CTAs per SM sharing each SM's issue slots.
-    Add rule, scalar or no gate (its carry is a scalar decay); the default tiling only."""
-    gate, rule = OP_KINDS[op]
-    if device.type != "cuda" or rule != "add" or gate == "vector" or tiles:
-        return 0
+def _state_ctas(op: str, n: int, h: int, kd: int, vd: int, tiles: str) -> int:
     from ...schedules.linear import default_split_variant
 
-    var = default_split_variant("state", rule, gate)
-    ctas = n * h * math.ceil(vd / min(var.block_v, vd)) * math.ceil(kd / min(var.block_k or kd, kd))
+    gate, rule = OP_KINDS[op]
+    var = default_split_variant("state", rule, gate, tiles)
+    return n * h * math.ceil(vd / min(var.block_v, vd)) * math.ceil(kd / min(var.block_k or kd, kd))
+
+
+def state_segment_chunks(op: str, n: int, h: int, kd: int, vd: int, max_chunks: int, device: torch.device) -> int:
+    """Chunks per segment when the state pass of ``n`` sequences (the longest ``max_chunks`` chunks) of
+    ``h`` heads runs split along the sequence, 0 when it runs whole (add rule, scalar or no gate).
+
+    The state recurrence is one CTA per (sequence, head, state tile) walking every chunk in order. When
+    even the small default tiles leave SMs idle (a long sequence, few heads), the pass is split into
+    segments: a first pass computes each segment's state from zero (``state_local``, all segments at
+    once, no h stored), ``carry`` chains them, and the state pass proper runs on every segment at once
+    from its incoming state: about twice the work, spread over the card. Those two passes use the
+    whole-state tiling (``kinds.SEGMENT_TILING``): with many CTAs per SM the small tiles' re-reads of
+    K and V (each key tile re-reads V, each value tile K) made the split passes slower than the whole
+    one on an H200, the whole state per CTA made them faster (simple_gla, (1, 32768, 16, 128):
+    0.516 vs 0.588 ms; bench/results/h200/linear-segmented-state-20261128.json). One segment per SM
+    and no segment under ``SEGMENT_MIN_CHUNKS`` (shorter ones lost to the whole pass)."""
+    gate, rule = OP_KINDS[op]
+    if device.type != "cuda" or rule != "add" or gate == "vector":
+        return 0
     index = device.index if device.index is not None else torch.cuda.current_device()
-    pieces = SEGMENT_CTAS_PER_SM * _sm_count(index) // ctas
+    sms = _sm_count(index)
+    if _state_ctas(op, n, h, kd, vd, "") > sms:  # the whole pass's small tiles already fill the card
+        return 0
+    pieces = sms // _state_ctas(op, n, h, kd, vd, SEGMENT_TILING)
     if pieces < 2:
         return 0
-    seg = max(SEGMENT_MIN_CHUNKS, math.ceil(max_chunks / pieces))
-    return seg if seg < max_chunks else 0
+    seg = math.ceil(max_chunks / pieces)
+    return seg if SEGMENT_MIN_CHUNKS <= seg < max_chunks else 0
 
 
 def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
@@ -169,7 +179,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     sequence: prep (delta rules), state, output. Scratch in the operand dtype (fp32 on the CPU):
     per-chunk states h [chunks, H, V, K] (transposed; [chunks, H, K, V] for gla), and for the delta rules
     W, U and V' shaped like k / v. ``segment_chunks``: the add rule's state pass split along the sequence
-    into segments of that many chunks (0: whole; None: ``state_segment_chunks`` decides)."""
+    into segments of that many chunks (0: whole; None: ``state_segment_chunks`` decides; ignored for gla
+    and the delta rules)."""
     gate, rule = OP_KINDS[op]
     b, t, h, kd = q.shape
     vd = v.shape[-1]
@@ -199,25 +210,24 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         kern("state")(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
         kern("output")(q, k, vn, *gc, hs, *seqs, *idx, o, scale)
     else:
-        tiles = state_tiling(op, n, h, kd, vd, dev)
         max_chunks = math.ceil(max((e - s for s, e in zip(cu, cu[1:])), default=0) / chunk_size) if varlen \
             else math.ceil(t / chunk_size)
-        seg = (state_segment_chunks(op, n, h, kd, vd, max_chunks, tiles, dev) if segment_chunks is None
+        seg = (state_segment_chunks(op, n, h, kd, vd, max_chunks, dev) if segment_chunks is None
                else segment_chunks)
-        if rule == "add" and gate != "vector" and 0 < seg < max_chunks:
-            _segmented_state(op, k, v, gc, h0, cu, b, t, chunk_size, seg, tiles, hs, ht)
+        if gate != "vector" and 0 < seg < max_chunks:
+            _segmented_state(op, k, v, gc, h0, cu, b, t, chunk_size, seg, hs, ht)
         else:
-            kern("state", tiles)(k, v, *gc, h0, *seqs, *offs, hs, ht)
+            kern("state", state_tiling(op, n, h, kd, vd, dev))(k, v, *gc, h0, *seqs, *offs, hs, ht)
         kern("output")(q, k, v, *gc, hs, *seqs, *idx, o, scale)
     return o, ht
 
 
 def _segmented_state(op: str, k: torch.Tensor, v: torch.Tensor, gc: list, h0: torch.Tensor, cu: list[int] | None,
-                     b: int, t: int, chunk: int, seg_chunks: int, tiles: str, hs: torch.Tensor,
-                     ht: torch.Tensor) -> None:
+                     b: int, t: int, chunk: int, seg_chunks: int, hs: torch.Tensor, ht: torch.Tensor) -> None:
     """The add rule's state pass split along the sequence (``state_segment_chunks``): the segment-local
-    pass, the carry, then the state pass on the segments as a varlen batch; writes the same h and
-    final states as the whole pass. Dense inputs are viewed as one flattened sequence of rows."""
+    pass, the carry, then the state pass on the segments as a varlen batch, both passes in the whole-state
+    tiling; writes the same h and final states as the whole pass. Dense inputs are viewed as one
+    flattened sequence of rows."""
     _, _, h, kd = k.shape
     vd = v.shape[-1]
     dev = k.device
@@ -233,18 +243,18 @@ def _segmented_state(op: str, k: torch.Tensor, v: torch.Tensor, gc: list, h0: to
         seg_cu, seg_offs, seg_rows, seg_first, last = _segment_plan(tuple(cu), tuple(bases), chunk, seg_chunks, dev)
     gated = bool(gc)
 
-    def kern(part: str, tl: str = ""):
-        return get(LinearSpec(op, "chunk", kd, vd, _dtype_name(k), True, chunk, part, tl), dev)
+    def kern(part: str, tiles: str = SEGMENT_TILING):
+        return get(LinearSpec(op, "chunk", kd, vd, _dtype_name(k), True, chunk, part, tiles), dev)
 
     f32 = {"dtype": torch.float32, "device": dev}
     n_local, n_seg = seg_rows.shape[0], seg_cu.shape[0] - 1
     ht_local = torch.empty((n_local, h, kd, vd), **f32)
     gt = [torch.empty((n_local, h), **f32)] if gated else []
-    kern("state_local", tiles)(k, v, *gc, seg_rows, ht_local, *gt)
+    kern("state_local")(k, v, *gc, seg_rows, ht_local, *gt)
     hin = torch.empty((n_seg, h, kd, vd), **f32)
-    kern("carry")(ht_local, *gt, h0, seg_first, hin)
+    kern("carry", "")(ht_local, *gt, h0, seg_first, hin)
     ht_seg = torch.empty((n_seg, h, kd, vd), **f32)
-    kern("state", tiles)(k, v, *gc, hin, seg_cu, seg_offs, hs, ht_seg)
+    kern("state")(k, v, *gc, hin, seg_cu, seg_offs, hs, ht_seg)
     torch.index_select(ht_seg, 0, last, out=ht)
 
 
