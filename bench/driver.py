@@ -60,6 +60,27 @@ def time_calls(fns: Sequence[Callable[[], object]], device: str, *, warmup: int 
     return statistics.median(times)
 
 
+def kernel_time(fns: Sequence[Callable[[], object]], device: str, *, calls: int = 10) -> float | None:
+    """Seconds per call the GPU spends in kernels (every kernel's and copy's duration as CUPTI records
+    it, through torch.profiler, summed over ``calls`` calls and divided): the card's work, whatever the
+    host's launch overhead. ``time_calls`` times what a caller waits for back to back, which is the
+    host's time when launching a call's kernels takes longer than running them (short sequences, ops
+    of many small launches). None on the CPU."""
+    if device != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    for f in fns[:2]:
+        f()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(calls):
+            fns[i % len(fns)]()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
+    return total_us / calls / 1e6
+
+
 def ceilings(device: str) -> dict:
     """Copy bandwidth (bytes read + written) and bf16/fp32 GEMM rate, measured now on this device."""
     if device == "cuda":
@@ -180,7 +201,11 @@ def bench_point(entry, shape, dtype: str, device: str, baselines: Sequence[str],
     if not row["check"]["ok"]:
         return row
     row["schedule"] = _schedule_of(entry, shape, dtype, device)
-    row["ours_s"] = time_calls([lambda s=s: entry.run(s, shape) for s in sets], device)
+    ours = [lambda s=s: entry.run(s, shape) for s in sets]
+    row["ours_s"] = time_calls(ours, device)
+    gpu = kernel_time(ours, device)
+    if gpu is not None:
+        row["ours_gpu_s"] = gpu
     row["baselines"] = {}
     for name in baselines:
         fns = [BASELINES[name](entry, shape, s) for s in sets]
@@ -190,6 +215,9 @@ def bench_point(entry, shape, dtype: str, device: str, baselines: Sequence[str],
         res = check_baseline(entry, fns[0], refs, dtype) if isinstance(fns[0], Checked) else {}
         if "missing" not in res:  # a baseline computing something else is not timed
             res["s"] = time_calls(fns, device)
+            gpu = kernel_time(fns, device)
+            if gpu is not None:
+                res["gpu_s"] = gpu
         row["baselines"][name] = res
     del refs
     if device == "cuda":
@@ -286,7 +314,8 @@ def format_row(row: dict, ceil: dict) -> str:
         parts.append(f"{100 * row['flops'] / t / 1e12 / ceil['gemm_bf16_8192_TFLOPs']:4.0f}% of GEMM")
     for name, b in row["baselines"].items():
         err = f" (err {b['rel_err']:.1e})" if "rel_err" in b else ""
-        parts.append(f"{name} -" if "missing" in b else f"{name} {b['s'] / t:.2f}x{err}")
+        gpu = f" kernels {b['gpu_s'] / row['ours_gpu_s']:.2f}x" if "gpu_s" in b and row.get("ours_gpu_s") else ""
+        parts.append(f"{name} -" if "missing" in b else f"{name} {b['s'] / t:.2f}x{gpu}{err}")
     return f"{head} " + " | ".join(parts)
 
 

@@ -27,7 +27,10 @@ def markdown(result: dict) -> str:
              f"TVM {prov['tvm']}, git {prov.get('git')}{' (dirty)' if prov.get('git_dirty') else ''}.",
              "Ceilings measured in the same run: " +
              ", ".join(f"{k} {v:.2f}" for k, v in result["ceilings"].items()) + ".", "",
-             "Ratios are baseline time / tvm-attn time (> 1: tvm-attn is faster); medians after warm-up.", "",
+             "Ratios are baseline time / tvm-attn time (> 1: tvm-attn is faster); medians after warm-up, calls "
+             "back to back (the host's time where launching a call takes longer than running it)."
+             + (" kernels: the same ratio of GPU kernel time per call (CUPTI, torch.profiler), the host left out."
+                if any("ours_gpu_s" in r for r in rows) else ""), "",
              "| op | shape | dtype | tvm-attn ms | TFLOP/s | " + " | ".join(names) + " |",
              "|---|---|---|---|---|" + "---|" * len(names)]
     for r in rows:
@@ -54,6 +57,8 @@ def _cell(row: dict, b: dict) -> str:
     if "missing" in b:
         return "—"
     cell = f"{b['s'] / row['ours_s']:.2f}× ({b['s'] * 1e3:.3f} ms"
+    if "gpu_s" in b and row.get("ours_gpu_s"):
+        cell += f"; kernels {b['gpu_s'] / row['ours_gpu_s']:.2f}×: {b['gpu_s'] * 1e3:.3f} vs {row['ours_gpu_s'] * 1e3:.3f} ms"
     if "rel_err" in b:
         ours = row["check"].get("rel_err")
         cell += f"; err {b['rel_err']:.1e}" + (f", ours {ours:.1e}" if ours is not None else "")
