@@ -150,12 +150,15 @@ def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str =
     count sampled): the default first, then the tiles and pipeline depths timed around it on the H200."""
     default = default_split_variant(part, rule, gate, tiles)
     if part == "state" and rule == "delta":
-        grid = [LinearVariant(bv, 2, 0, 0, st) for bv in (16, 32) for st in (1, 2)]
+        # wider value tiles re-read K and W less (each value tile reads them whole every chunk): 64 wide,
+        # 4 warps, compiles for sm_90a without spills (156 registers); not yet timed
+        grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, 0, st) for bv in (16, 32, 64) for st in (1, 2)]
     elif part == "state" and gate == "vector":
         grid = [LinearVariant(bv, 2, 0, bk, st) for bv in (32, 64) for bk in (32, 64) for st in (2, 3)]
     elif part == "state":
         grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, bk, st)
                 for bv in (32, 64) for bk in (32, 64, 128) for st in (1, 2)]
+        grid += [LinearVariant(128, 8, 0, 128, st) for st in (1, 2)]  # the whole state (SEGMENT_TILING's)
     elif part == "output":
         grid = [LinearVariant(bv, 8, 0) for bv in (64, 128)]
     else:
