@@ -24,7 +24,7 @@ class LinearSpec:
     dtype: str  # float16 | bfloat16 | float32
     varlen: bool
     chunk: int = 0  # chunk size (chunk form), mini-batch size (ttt), 0 otherwise
-    part: str = ""  # one kernel of the split chunk form (split.PARTS, SEGMENT_PARTS), "" for the whole form
+    part: str = ""  # a split chunk kernel (split.PARTS; state_local, carry: the segmented state pass), "" none
     tiles: str = ""  # a split kernel's tiling for a class of shapes (kinds.SPLIT_TILINGS); "" the default
 
     @property

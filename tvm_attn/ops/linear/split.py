@@ -42,8 +42,6 @@ from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _keep_params
 
 PARTS = ("prep", "state", "output")
-# the state pass split along the sequence (add rule, few (sequence, head) pairs: see ``state`` and ``carry``)
-SEGMENT_PARTS = ("state_local", "carry")
 
 
 def _clamped(bos, r, seq_len):
@@ -293,7 +291,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)  # V (add) or U (delta)
         W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
-        Y_s = T.sblock_alloc_buffer((BV, BK), odt, scope=smem)  # odt(Sᵀ): h[c], and W S's B operand
+        Y_s = T.sblock_alloc_buffer((1, 1) if local else (BV, BK), odt, scope=smem)  # odt(Sᵀ): h[c], W S's B
         eC = T.sblock_alloc_buffer((1,), F32, scope=solve)  # the state's decay e^{b_C} (1 past the end)
         WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
         Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32

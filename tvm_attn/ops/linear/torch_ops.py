@@ -118,6 +118,20 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+@functools.cache
+def _state_tiles(op: str, kd: int, vd: int, tiles: str) -> int:
+    """CTAs per (sequence, head) of the state kernel in tiling ``tiles`` ("" the default)."""
+    from ...schedules.linear import default_split_variant
+
+    gate, rule = OP_KINDS[op]
+    var = default_split_variant("state", rule, gate, tiles)
+    return math.ceil(vd / min(var.block_v, vd)) * math.ceil(kd / min(var.block_k or kd, kd))
+
+
 def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device) -> str:
     """The state kernel's tiling for ``n`` sequences of ``h`` heads: "many" (one 64 x 128 state tile per
     CTA) once those CTAs alone fill the card, else the default (8 smaller tiles per (sequence, head), for
@@ -125,21 +139,11 @@ def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device
     gate, rule = OP_KINDS[op]
     if device.type != "cuda" or "many" not in SPLIT_TILINGS.get(("state", rule, gate), ()):
         return ""
-    ctas = n * h * math.ceil(vd / 64) * math.ceil(kd / 128)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return "many" if ctas >= _sm_count(index) else ""
+    return "many" if n * h * _state_tiles(op, kd, vd, "many") >= _sm_count(_index(device)) else ""
 
 
 # the add rule's state pass split along the sequence (``state_segment_chunks``): no segment shorter
 SEGMENT_MIN_CHUNKS = 32
-
-
-def _state_ctas(op: str, n: int, h: int, kd: int, vd: int, tiles: str) -> int:
-    from ...schedules.linear import default_split_variant
-
-    gate, rule = OP_KINDS[op]
-    var = default_split_variant("state", rule, gate, tiles)
-    return n * h * math.ceil(vd / min(var.block_v, vd)) * math.ceil(kd / min(var.block_k or kd, kd))
 
 
 def state_segment_chunks(op: str, n: int, h: int, kd: int, vd: int, max_chunks: int, device: torch.device) -> int:
@@ -159,11 +163,10 @@ def state_segment_chunks(op: str, n: int, h: int, kd: int, vd: int, max_chunks: 
     gate, rule = OP_KINDS[op]
     if device.type != "cuda" or rule != "add" or gate == "vector":
         return 0
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    sms = _sm_count(index)
-    if _state_ctas(op, n, h, kd, vd, "") > sms:  # the whole pass's small tiles already fill the card
+    sms = _sm_count(_index(device))
+    if n * h * _state_tiles(op, kd, vd, "") > sms:  # the whole pass's small tiles already fill the card
         return 0
-    pieces = sms // _state_ctas(op, n, h, kd, vd, SEGMENT_TILING)
+    pieces = sms // (n * h * _state_tiles(op, kd, vd, SEGMENT_TILING))
     if pieces < 2:
         return 0
     seg = math.ceil(max_chunks / pieces)
