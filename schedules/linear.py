@@ -117,6 +117,11 @@ DEFAULT_SPLIT_VARIANTS = {
     # (bench/results/h200/linear-segmented-state-20261128.json)
     "state_whole": LinearVariant(block_v=128, warps=8, unroll=0, block_k=128, stages=2),
     "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
+    # the delta rule with more (sequence, head) pairs (SPLIT_TILINGS "v32" / "v64"): wider value tiles,
+    # fewer re-reads of K and W per chunk, while their CTAs still fill the card (gated_delta_rule, bf16,
+    # K = V = 128: bench/results/h200/linear-delta-state-20261128.json)
+    "state_v32": LinearVariant(block_v=32, warps=2, unroll=0, stages=2),
+    "state_v64": LinearVariant(block_v=64, warps=4, unroll=0, stages=2),
     "output": LinearVariant(block_v=128, warps=8, unroll=0),  # at most one warp per 16-row tile of the chunk
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
     # (bench/results/h200/linear-gla-kernels-20261128.json)
@@ -151,7 +156,7 @@ def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str =
     default = default_split_variant(part, rule, gate, tiles)
     if part == "state" and rule == "delta":
         # wider value tiles re-read K and W less (each value tile reads them whole every chunk): 64 wide,
-        # 4 warps, compiles for sm_90a without spills (156 registers); not yet timed
+        # 4 warps, compiles for sm_90a without spills (156 registers)
         grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, 0, st) for bv in (16, 32, 64) for st in (1, 2)]
     elif part == "state" and gate == "vector":
         grid = [LinearVariant(bv, 2, 0, bk, st) for bv in (32, 64) for bk in (32, 64) for st in (2, 3)]

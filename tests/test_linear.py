@@ -158,6 +158,19 @@ def test_split_chunk_against_reference(op: str):
         check(f"split {op} {s} {dtype}", op, "chunk", inp, chunk=64, dtype=dtype, split=True)
 
 
+@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("gated_delta_rule", "v32"), ("delta_rule", "v64")])
+def test_split_state_tilings_against_reference(op: str, tiles: str, monkeypatch):
+    # the state kernel's wider tilings (picked on a GPU once their CTAs fill it), forced: dense with
+    # K = V = 128 (several value tiles) and uneven varlen with K 64, fp32 and from bf16 inputs
+    from tvm_attn.ops.linear import torch_ops
+
+    monkeypatch.setattr(torch_ops, "state_tiling", lambda *a: tiles)
+    cases = [(shape(200, b=1, kd=128, vd=128), "float32"), (shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128), "bfloat16")]
+    for s, dtype in cases:
+        inp = make_inputs(op, s, dtype, "cpu", seed=19)
+        check(f"split {op} {tiles} {s} {dtype}", op, "chunk", inp, chunk=64, dtype=dtype, split=True)
+
+
 @pytest.mark.parametrize("op", ["simple_gla", "gla", "gated_delta_rule"])
 def test_split_chunk_sizes(op: str):
     inp = make_inputs(op, shape(seqlens=[100, 17, 33]), "float32", "cpu", seed=18)
@@ -179,8 +192,9 @@ def test_split_gla_strong_decay():
 
 
 def test_split_state_tiling_by_shape(monkeypatch):
-    # the add rule's state kernel: 8 small tiles per (sequence, head) while they are what fills the card,
-    # one 64 x 128 tile per CTA once those alone fill it; the other rules have one tiling
+    # the state kernel's widest tiling whose CTAs fill the card (>= 0.9 x 132 SMs: 119 CTAs), else the
+    # default: the add rule's 8 small tiles per (sequence, head) or one 64 x 128 tile; the delta rule's
+    # value tiles of 16, 32 or 64 (8, 4 or 2 CTAs per pair); gla has one tiling
     from tvm_attn.ops.linear import torch_ops
 
     monkeypatch.setattr(torch_ops, "_sm_count", lambda index: 132)
@@ -188,11 +202,17 @@ def test_split_state_tiling_by_shape(monkeypatch):
     tiling = torch_ops.state_tiling
     assert tiling("simple_gla", 1, 16, 128, 128, cuda) == ""  # 32 CTAs of the large tile: too few
     assert tiling("simple_gla", 8, 16, 128, 128, cuda) == "many"  # 256
-    assert tiling("linear_attention", 66, 1, 128, 128, cuda) == "many"
-    assert tiling("linear_attention", 65, 1, 128, 128, cuda) == ""
+    assert tiling("linear_attention", 60, 1, 128, 128, cuda) == "many"  # 120
+    assert tiling("linear_attention", 59, 1, 128, 128, cuda) == ""  # 118
     assert tiling("linear_attention", 2, 40, 64, 64, cuda) == ""  # K = V = 64: one tile per (sequence, head)
-    for op in ("gla", "delta_rule", "gated_delta_rule"):
-        assert tiling(op, 64, 64, 128, 128, cuda) == ""
+    assert tiling("gated_delta_rule", 8, 16, 128, 128, cuda) == "v64"  # 256 CTAs of 64 values
+    assert tiling("gated_delta_rule", 2, 16, 128, 128, cuda) == "v32"  # 128 of 32 (64 of 64: too few)
+    assert tiling("delta_rule", 1, 16, 128, 128, cuda) == ""  # 128 of the default 16
+    assert tiling("delta_rule", 30, 1, 128, 128, cuda) == "v32"  # 120
+    assert tiling("delta_rule", 119, 1, 64, 64, cuda) == "v64"  # V = 64: the whole state per CTA, 119
+    assert tiling("delta_rule", 60, 1, 64, 64, cuda) == "v32"  # 60 whole states: too few; 120 halves
+    assert tiling("delta_rule", 40, 1, 64, 64, cuda) == ""  # 80 halves: too few
+    assert tiling("gla", 64, 64, 128, 128, cuda) == ""
     assert tiling("simple_gla", 64, 64, 128, 128, torch.device("cpu")) == ""
 
 
@@ -560,16 +580,17 @@ def test_cuda_against_reference(op: str, form: str):
 
 
 @requires_cuda
-@pytest.mark.parametrize("op", ["simple_gla", "linear_attention"])
-def test_cuda_state_tiling_many_against_reference(op: str, monkeypatch):
-    # the add rule's large-tile state kernel, forced (it is picked once its CTAs fill the card)
+@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("linear_attention", "many"),
+                                      ("gated_delta_rule", "v32"), ("gated_delta_rule", "v64"), ("delta_rule", "v64")])
+def test_cuda_state_tiling_against_reference(op: str, tiles: str, monkeypatch):
+    # the state kernel's wider tilings, forced (each is picked once its CTAs fill the card)
     from tvm_attn.ops.linear import torch_ops
 
-    monkeypatch.setattr(torch_ops, "_sm_count", lambda index: 1)
+    monkeypatch.setattr(torch_ops, "state_tiling", lambda *a: tiles)
     for dtype in ("float16", "bfloat16"):
         for s in (shape(200, kd=128, vd=128), shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128)):
             inp = make_inputs(op, s, dtype, "cuda", seed=19)
-            check(f"cuda {op} many {dtype} {s}", op, "chunk", inp, chunk=64, dtype=dtype)
+            check(f"cuda {op} {tiles} {dtype} {s}", op, "chunk", inp, chunk=64, dtype=dtype)
 
 
 @requires_cuda

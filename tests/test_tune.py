@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tvm_attn import kernels
+from tvm_attn import _tvm, kernels
 from tvm_attn.kernels import DeviceTarget, KernelSpec
 from tvm_attn.tune import dispatch, records
+from tvm_attn.tune.search import PrivateCopyEvolutionarySearch
 
 SPEC = KernelSpec("flash_fwd", 64, 2, "float32", True)
 CLI = [sys.executable, "-m", "tvm_attn.cli"]
@@ -214,3 +215,29 @@ def test_show_prints_a_shipped_record(capsys):
     args.func(args)
     out = capsys.readouterr().out
     assert "sample_perfect_tile" in out and "default " in out and "tuning.png" in out
+
+
+def test_search_stops_sampling_a_small_space_once_it_is_exhausted():
+    # a split linear kernel's space is a few warp counts: the search must not schedule the kernel 4x a
+    # population per batch looking for candidates that do not exist, and the task ends once all are measured
+    _tvm.import_tensor_intrin()  # (TuneContext imports the tensor intrinsics; this import is the fast one)
+    te = _tvm.tvm.te
+    a = te.placeholder((8,), "float32", name="A")
+    b = te.compute((8,), lambda i: a[i] * 2.0, name="B")
+    mod = _tvm.tvm.IRModule({"main": te.create_prim_func([a, b])})
+    calls = []
+
+    def space(sch):
+        calls.append(1)
+        sch.sample_categorical([1, 2, 4], [1 / 3] * 3)
+
+    s = PrivateCopyEvolutionarySearch(space, [], population=16, init_random=8, stale_limit=5, seed=3)
+    s._initialize_with_tune_context(_tvm.ms.TuneContext(mod=mod, target=_tvm.cpu_target()))
+    s.pre_tuning(100, 16, [], database=None, cost_model=None)
+    first = s.generate_measure_candidates()
+    decisions = sorted(int(d) for c in first for d in c.sch.trace.decisions.values())
+    assert decisions == [0, 1, 2]  # every point of the space, once
+    assert len(calls) < 4 * 16  # stopped after 5 samples in a row with nothing new
+    s.notify_runner_results(first, [_tvm.ms.runner.RunnerResult([1e-4], None) for _ in first])
+    calls.clear()
+    assert s.generate_measure_candidates() is None and len(calls) == 5  # nothing left: the task ends

@@ -64,6 +64,7 @@ def test_tasks_of_the_split_kernels():
                  LinearSpec("simple_gla", "chunk", 128, 128, "bfloat16", False, 64, "state", "many"),
                  LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "prep"),
                  LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "state"),
+                 LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "state", "v64"),
                  LinearSpec("gla", "chunk", 128, 128, "bfloat16", False, 64, "state")):
         shape = L.representative_shape(spec, "cuda")
         tasks = L.tasks(spec, "cuda", shape)
@@ -75,6 +76,8 @@ def test_tasks_of_the_split_kernels():
         assert L.flops(spec, shape) > 0
     many = LinearSpec("linear_attention", "chunk", 128, 128, "bfloat16", False, 64, "state", "many")
     assert L.representative_shape(many, "cuda")["B"] == 8  # the shape class of the large tiles
+    v32 = LinearSpec("delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state", "v32")
+    assert (L.representative_shape(v32, "cuda")["B"], L.default_key(v32, "cuda")) == (2, "bv32w2u0s2")
     with pytest.raises(ValueError, match="CUDA only"):
         L.tasks(SPEC, "cpu", {})
     with pytest.raises(ValueError, match="dense split"):
@@ -139,6 +142,14 @@ def test_cli_linear_ops(user_root, capsys):
     assert keys == ["linear_simple_gla_chunk_state_k128_v128_float16_c128_dense",
                     "linear_simple_gla_chunk_state_many_k128_v128_float16_c128_dense",
                     "linear_simple_gla_chunk_output_k128_v128_float16_c128_dense"]
+    args = parser.parse_args(["tune", "--op", "gated_delta_rule", "--part", "state"])
+    assert [s.tiles for s in cli._specs(args)] == ["", "v32", "v64"]  # a record per shape class
+    args = parser.parse_args(["tune", "--op", "gated_delta_rule", "--tiling", "v64"])
+    assert [(s.part, s.tiles) for s in cli._specs(args)] == [("prep", ""), ("state", "v64"), ("output", "")]
+    args = parser.parse_args(["tune", "--op", "simple_gla", "--part", "state", "--tiling", "default"])
+    assert [s.tiles for s in cli._specs(args)] == [""]
+    with pytest.raises(SystemExit, match="tilings are default, many"):
+        cli._specs(parser.parse_args(["tune", "--op", "simple_gla", "--tiling", "v64"]))
     task = L.tasks(SPEC, "cuda", L.representative_shape(SPEC, "cuda"))[0]
     _write_record(user_root, SPEC, task, best_s=1e-4, default_s=2e-4)
     args = parser.parse_args(["show", f"{TGT.card}/{SPEC.key}"])

@@ -35,7 +35,13 @@ def _linear_specs(args) -> list:
         for part in ("prep", "state", "output") if rule == "delta" else ("state", "output"):
             if args.part and part not in args.part:
                 continue
-            for tiles in ("", *SPLIT_TILINGS.get((part, rule, gate), ())):
+            tilings = ("", *SPLIT_TILINGS.get((part, rule, gate), ()))
+            if args.tiling is not None and part == "state":
+                if args.tiling not in tilings:
+                    raise SystemExit(f"--tiling {args.tiling}: the {args.op} state kernel's tilings are "
+                                     f"{', '.join(t or 'default' for t in tilings)}")
+                tilings = (args.tiling,)
+            for tiles in tilings:
                 out.append(LinearSpec(args.op, "chunk", d, d, dt, False, args.chunk, part, tiles))
     return out
 
@@ -129,6 +135,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--chunk", type=int, default=64, help="linear ops: the chunk size tuned")
     t.add_argument("--part", nargs="+", choices=["prep", "state", "output"], default=None,
                    help="linear ops: only these kernels (default: all of the op's)")
+    t.add_argument("--tiling", default=None, type=lambda s: "" if s == "default" else s,
+                   help="linear ops: only this state tiling (one shape class: default, or a name such as "
+                        "many, v32, v64; default: every tiling)")
     t.add_argument("--group", type=int, nargs="+", default=[1], help="Hq / Hkv")
     t.add_argument("--dtype", nargs="+", default=["bfloat16"])
     t.add_argument("--causal", choices=["yes", "no", "both"], default="both")

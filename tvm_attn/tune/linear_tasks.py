@@ -21,10 +21,13 @@ def _require_cuda(device: str) -> None:
 
 
 def representative_shape(spec: LinearSpec, device: str) -> dict[str, int]:
-    """The lengths tuning measures at (recorded in the provenance): the anchors' long sequence, or with
-    the ``many`` tiling the anchors' batch of shorter ones (H 16)."""
+    """The lengths tuning measures at (recorded in the provenance): the shape class of the kernel's
+    tiling (``kinds.TILING_SHAPES``: the anchors' long sequence for the default, their batch of shorter
+    ones for the tilings of many (sequence, head) pairs; H 16)."""
+    from tvm_attn.ops.linear.kinds import TILING_SHAPES
+
     _require_cuda(device)
-    b, t = (8, 2048) if spec.tiles == "many" else (1, 32768)
+    b, t = TILING_SHAPES[spec.tiles]
     return {"B": b, "T": t, "H": 16, "NTt": b * math.ceil(t / spec.chunk)}
 
 

@@ -20,12 +20,13 @@ ms = _tvm.ms
 @_tvm.derived_object
 class PrivateCopyEvolutionarySearch(ms.search_strategy.PySearchStrategy):
     def __init__(self, space, mutators: list, *, population: int = 48, init_random: int = 24,
-                 eps_greedy: float = 0.25, seed: int = 1) -> None:
+                 eps_greedy: float = 0.25, stale_limit: int = 8, seed: int = 1) -> None:
         self.space = space  # (Schedule) -> None, the design space function
         self.mutators = mutators
         self.population = population
         self.init_random = init_random
         self.eps_greedy = eps_greedy
+        self.stale_limit = stale_limit  # valid samples in a row that add nothing new: the space looks exhausted
         self.seed = seed
         self.rng = random.Random(seed)
 
@@ -52,7 +53,7 @@ class PrivateCopyEvolutionarySearch(ms.search_strategy.PySearchStrategy):
     def clone(self):
         return PrivateCopyEvolutionarySearch(self.space, self.mutators, population=self.population,
                                              init_random=self.init_random, eps_greedy=self.eps_greedy,
-                                             seed=self.rng.randrange(1, 2**31))
+                                             stale_limit=self.stale_limit, seed=self.rng.randrange(1, 2**31))
 
     def notify_runner_results(self, measure_candidates, results) -> None:
         self.done += len(results)
@@ -98,8 +99,11 @@ class PrivateCopyEvolutionarySearch(ms.search_strategy.PySearchStrategy):
         want = min(self.per_iter, remaining)
         pool: dict[str, object] = {}
         parents = self._parents()
-        tries = 0
-        while len(pool) < self.population and tries < 4 * self.population:
+        # a small space (a split linear kernel has a few warp counts) holds fewer unmeasured candidates
+        # than a population: stop after ``stale_limit`` valid samples in a row that add none, not after 4x the
+        # population (each sample schedules a whole kernel, about a second), and end the task once none is left
+        tries = stale = 0
+        while len(pool) < self.population and tries < 4 * self.population and stale < self.stale_limit:
             tries += 1
             if parents and len(pool) >= self.init_random:
                 trace = self._mutate(self.rng.choice(parents))
@@ -111,6 +115,9 @@ class PrivateCopyEvolutionarySearch(ms.search_strategy.PySearchStrategy):
             key = _key(sch.trace)
             if key not in self.seen and key not in pool:
                 pool[key] = sch
+                stale = 0
+            else:
+                stale += 1
         if not pool:
             return None
         keys = list(pool)

@@ -132,14 +132,28 @@ def _state_tiles(op: str, kd: int, vd: int, tiles: str) -> int:
     return math.ceil(vd / min(var.block_v, vd)) * math.ceil(kd / min(var.block_k or kd, kd))
 
 
+# a state tiling "fills the card" when its CTAs number at least this share of the SMs (a 128-CTA grid,
+# one wave, on the H200's 132 SMs beat twice as many narrower tiles)
+STATE_FILL = 0.9
+
+
 def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device) -> str:
-    """The state kernel's tiling for ``n`` sequences of ``h`` heads: "many" (one 64 x 128 state tile per
-    CTA) once those CTAs alone fill the card, else the default (8 smaller tiles per (sequence, head), for
-    the long-sequence, few-heads shapes where the chunk loop's latency is all there is). Add rule only."""
+    """The state kernel's tiling for ``n`` sequences of ``h`` heads: of its ``kinds.SPLIT_TILINGS``, the
+    one with the fewest CTAs per (sequence, head) whose CTAs still fill the card, else the default (the
+    narrowest tiles, for the long-sequence, few-heads shapes where the chunk loop's latency is all there
+    is). Wider tiles re-read less of the chunk's operands per state element (the add rule's "many": one
+    64 x 128 tile per CTA instead of 8 smaller ones; the delta rule's "v32" / "v64": value tiles 2x / 4x
+    the default's 16, each reading K and W whole every chunk); narrower ones keep more SMs busy."""
     gate, rule = OP_KINDS[op]
-    if device.type != "cuda" or "many" not in SPLIT_TILINGS.get(("state", rule, gate), ()):
+    named = SPLIT_TILINGS.get(("state", rule, gate), ())
+    if device.type != "cuda" or not named:
         return ""
-    return "many" if n * h * _state_tiles(op, kd, vd, "many") >= _sm_count(_index(device)) else ""
+    fill = STATE_FILL * _sm_count(_index(device))
+    ctas = {t: _state_tiles(op, kd, vd, t) for t in named}
+    for tiles in sorted(named, key=ctas.get):  # (at K or V = 64 a wider tiling may equal the default)
+        if ctas[tiles] < _state_tiles(op, kd, vd, "") and n * h * ctas[tiles] >= fill:
+            return tiles
+    return ""
 
 
 # the add rule's state pass split along the sequence (``state_segment_chunks``): no segment shorter
