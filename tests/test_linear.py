@@ -164,11 +164,15 @@ def test_split_state_tilings_against_reference(op: str, tiles: str, monkeypatch)
     # K = V = 128 (several value tiles) and uneven varlen with K 64, fp32 and from bf16 inputs
     from tvm_attn.ops.linear import torch_ops
 
+    from tvm_attn.ops.linear import build
+
     monkeypatch.setattr(torch_ops, "state_tiling", lambda *a: tiles)
     cases = [(shape(200, b=1, kd=128, vd=128), "float32"), (shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128), "bfloat16")]
     for s, dtype in cases:
         inp = make_inputs(op, s, dtype, "cpu", seed=19)
         check(f"split {op} {tiles} {s} {dtype}", op, "chunk", inp, chunk=64, dtype=dtype, split=True)
+        assert any(sp.op == op and sp.part == "state" and sp.tiles == tiles and sp.dtype == dtype
+                   for sp, _ in build._by_spec), "the forced tiling's kernel was not the one called"
 
 
 @pytest.mark.parametrize("op", ["simple_gla", "gla", "gated_delta_rule"])

@@ -224,7 +224,7 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         u = torch.empty(v.shape, dtype=sdt, device=dev)
         vn = torch.empty(v.shape, dtype=sdt, device=dev)
         kern("prep")(k, v, *gc, beta.float().contiguous(), *seqs, *idx, w, u)
-        kern("state")(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
+        kern("state", state_tiling(op, n, h, kd, vd, dev))(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
         kern("output")(q, k, vn, *gc, hs, *seqs, *idx, o, scale)
     else:
         max_chunks = math.ceil(max((e - s for s, e in zip(cu, cu[1:])), default=0) / chunk_size) if varlen \
