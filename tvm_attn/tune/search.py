@@ -101,7 +101,8 @@ class PrivateCopyEvolutionarySearch(ms.search_strategy.PySearchStrategy):
         parents = self._parents()
         # a small space (a split linear kernel has a few warp counts) holds fewer unmeasured candidates
         # than a population: stop after ``stale_limit`` valid samples in a row that add none, not after 4x the
-        # population (each sample schedules a whole kernel, about a second), and end the task once none is left
+        # population (each sample schedules a whole kernel: 0.1-0.2 s for a split linear one), and end the task
+        # once none is left
         tries = stale = 0
         while len(pool) < self.population and tries < 4 * self.population and stale < self.stale_limit:
             tries += 1
