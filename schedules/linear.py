@@ -128,6 +128,8 @@ DEFAULT_SPLIT_VARIANTS = {
     "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=3),
     # the carry between the two passes of a segmented state recurrence: one thread per state element
     "carry": LinearVariant(block_v=0, warps=8, unroll=0),
+    # the gates' chunk-local cumsum: one thread per (chunk, head[, key channel])
+    "cumsum": LinearVariant(block_v=0, warps=4, unroll=0),
 }
 
 
@@ -689,9 +691,11 @@ def _output_tail(sch: Schedule, fr: _Fragments) -> None:
     _copy(sch, "O_store", fr.nw, 32 * fr.tiles, align=False)
 
 
-def apply_cuda_carry(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
-    """Schedule the segments' carry (``split.carry``): one thread per state element, consecutive threads
-    on consecutive value columns (coalesced), ``variant.warps`` warps per CTA."""
+def apply_cuda_per_thread(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule a kernel whose ``tile`` block is one thread's work (the segments' carry, ``split.carry``:
+    one thread per state element; the gates' chunk cumsum, ``split.gate_cumsum``: one per chunk and
+    head[, key channel]): consecutive threads on the innermost axis (coalesced), ``variant.warps`` warps
+    per CTA."""
     f = sch.fuse(*sch.get_loops("tile"))
     bx, tx = sch.split(f, [None, 32 * variant.warps])
     sch.bind(bx, "blockIdx.x")
@@ -701,10 +705,11 @@ def apply_cuda_carry(sch: Schedule, variant: LinearVariant, dtype: str, *, tunab
 def apply_cuda_chunk_part(sch: Schedule, part: str, variant: LinearVariant, dtype: str, *,
                           tunable: bool = False) -> None:
     """Schedule one kernel of the split chunk form (``part``: prep | state | output, or a segmented state
-    pass's state_local | carry; the tiles are in the compute, built with ``variant``'s)."""
+    pass's state_local | carry, or the gates' cumsum; the tiles are in the compute, built with ``variant``'s)."""
     gla = _has(sch, "G_load")  # split_gla.py's kernels
     state = apply_cuda_chunk_state_gla if gla else apply_cuda_chunk_state
-    {"prep": apply_cuda_chunk_prep, "state": state, "state_local": state, "carry": apply_cuda_carry,
+    {"prep": apply_cuda_chunk_prep, "state": state, "state_local": state, "carry": apply_cuda_per_thread,
+     "cumsum": apply_cuda_per_thread,
      "output": apply_cuda_chunk_output_gla if gla else apply_cuda_chunk_output}[part](
         sch, variant, dtype, tunable=tunable)
 

@@ -92,6 +92,18 @@ def test_linear_split_state_many_tiling_compiles():
         assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
 
 
+def test_linear_gate_cumsum_kernel_compiles():
+    # the gates' chunk-local cumsum: one thread per (chunk, head[, key channel]), 4 warps per CTA
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_cuda
+
+    for op, varlen in (("simple_gla", False), ("gla", True)):
+        src = _tvm.cuda_source(build_cuda(LinearSpec(op, "chunk", 128, 128, "bfloat16", varlen, 64, "cumsum"),
+                                          "sm_90a"))
+        assert "__launch_bounds__(128)" in src, op
+        assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
+
+
 def test_linear_segmented_state_kernels_compile():
     # the state pass split along the sequence: its segment-local pass (tensor cores, cp.async, no h), the
     # state pass in the same whole-state tiling and the carry between segments (one thread per state

@@ -262,6 +262,9 @@ def test_state_segment_chunks_by_shape(monkeypatch):
 
 
 def test_split_chunk_layout_and_cumsum():
+    # the varlen chunk index space, and the gates' chunk-local cumsum kernel (``split.gate_cumsum``)
+    # against torch's per-chunk cumsum: scalar and per-channel (gla) gates, varlen with an empty
+    # sequence, dense with a partial last chunk, bf16 gates summed in fp32; outputs NaN-poisoned
     from tvm_attn.ops.linear.torch_ops import _chunk_layout, _chunk_local_cumsum
 
     cu = torch.tensor([0, 5, 5, 21, 22], dtype=torch.int32)
@@ -269,19 +272,21 @@ def test_split_chunk_layout_and_cumsum():
     assert n_chunks == 4 and offsets.tolist() == [0, 1, 1, 3, 4]
     assert indices.tolist() == [[0, 0], [2, 0], [2, 1], [3, 0]]
     assert _chunk_layout(None, 3, 17, 8)[0] == 9
-    for g in (-torch.rand(1, 22, 2), -torch.rand(1, 22, 2, 3)):  # scalar and per-channel (gla) gates
-        gc = _chunk_local_cumsum(g, cu, 8)
+    nan = lambda g: torch.full(g.shape, float("nan"))  # noqa: E731  (the kernel must write every row)
+    for op, g in (("simple_gla", -torch.rand(1, 22, 2)), ("gla", -torch.rand(1, 22, 2, 3))):
+        gc = _chunk_local_cumsum(op, g, cu, indices, 8, g.shape[-1] if op == "gla" else 3, 3, out=nan(g))
         assert gc.shape == g.shape and gc.dtype == torch.float32 and gc.is_contiguous()
         for s, e in zip(cu.tolist(), cu.tolist()[1:]):
             for c0 in range(s, e, 8):
                 c1 = min(c0 + 8, e)
                 torch.testing.assert_close(gc[:, c0:c1], g[:, c0:c1].cumsum(1), rtol=1e-6, atol=1e-6)
-    for t, rest in ((19, (3,)), (16, (3,)), (19, (3, 4))):  # a padded last chunk, whole chunks only; gla
-        gd = -torch.rand(2, t, *rest)
-        gcd = _chunk_local_cumsum(gd, None, 8)
+    for op, t, rest, dt in (("simple_gla", 19, (3,), torch.float32), ("simple_gla", 16, (3,), torch.bfloat16),
+                            ("gla", 19, (3, 4), torch.float32)):  # a padded last chunk, whole chunks; gla
+        gd = (-torch.rand(2, t, *rest)).to(dt)
+        gcd = _chunk_local_cumsum(op, gd, None, None, 8, rest[-1] if op == "gla" else 4, 4, out=nan(gd))
         assert gcd.shape == gd.shape and gcd.dtype == torch.float32 and gcd.is_contiguous()
         for c0 in range(0, t, 8):
-            torch.testing.assert_close(gcd[:, c0:c0 + 8], gd[:, c0:c0 + 8].cumsum(1), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(gcd[:, c0:c0 + 8], gd[:, c0:c0 + 8].float().cumsum(1), rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------

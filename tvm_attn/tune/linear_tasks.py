@@ -134,7 +134,8 @@ def part_args(spec: LinearSpec, shape: dict[str, int], device):
     inp = make_inputs(spec.op, {"B": b, "T": t, "H": h, "K": spec.key_dim, "V": spec.value_dim}, spec.dtype,
                       device, seed=0)
     q, k, v = inp["q"], inp["k"], inp["v"]
-    gc = [_chunk_local_cumsum(inp["g"], None, c)] if st.gate != "none" else []
+    gc = ([_chunk_local_cumsum(spec.op, inp["g"], None, None, c, spec.key_dim, spec.value_dim)]
+          if st.gate != "none" else [])
     nt = shape["NTt"]
     hs_shape = (nt, h, spec.key_dim, spec.value_dim) if st.gate == "vector" else (nt, h, spec.value_dim, spec.key_dim)
     hs = torch.randn(hs_shape, dtype=q.dtype, device=device) * 0.1

@@ -62,6 +62,8 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
             return split.prep(st, **kw, solve=scopes.solve, frag=scopes.frag)
         if spec.part == "carry":
             return split.carry(st)
+        if spec.part == "cumsum":
+            return split.gate_cumsum(st, chunk_size=spec.chunk)
         if spec.part in ("state", "state_local"):
             local = {"local": True} if spec.part == "state_local" else {}
             return kernels_of.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag, solve=scopes.solve,

@@ -100,8 +100,12 @@ def _default_variant(spec: LinearSpec):
 
 
 def cuda_plan(spec: LinearSpec, tgt) -> Plan:
-    """The tuned record of (split kernel, card) when one applies (``tune.dispatch``), else the default."""
-    if spec.part:
+    """The tuned record of (split kernel, card) when one applies (``tune.dispatch``), else the default
+    (the kernels tuning covers: ``split.PARTS``; the segmented passes' and the gate cumsum's have no
+    records)."""
+    from .split import PARTS
+
+    if spec.part in PARTS:
         from ...tune import dispatch
 
         best = dispatch.lookup(spec, tgt)

@@ -39,7 +39,7 @@ sequence never meets them) and are never stored; no kernel writes past a sequenc
 from __future__ import annotations
 
 from ..._tvm import T, tirx
-from .compute import F32, LinearStatic, _axes, _keep_params
+from .compute import F32, LinearStatic, _axes, _gate_shape, _keep_params
 
 PARTS = ("prep", "state", "output")
 
@@ -60,6 +60,8 @@ def signature(st: LinearStatic, part: str) -> list[str]:
         return ["k", "v", *gc, "seg_rows", "ht", *(["gt"] if gated else [])]
     if part == "carry":
         return ["ht_local", *(["gt"] if gated else []), "h0", "seg_offsets", "hin"]
+    if part == "cumsum":
+        return ["g", *(["cu_seqlens", "chunk_indices"] if varlen else []), "gc"]
     if part == "state":
         return (["k", *(["w", "u"] if delta else ["v"]), *gc, "h0",
                  *(["cu_seqlens", "chunk_offsets"] if varlen else []), "h", *(["vn"] if delta else []), "ht"])
@@ -507,6 +509,63 @@ def carry(st: LinearStatic):
                     hin[first + i + 1, vh, vk, vj] = run[0]
 
     return _keep_params(main, signature(st, "carry"))
+
+
+# ------------------------------------------------------------------------------------------------
+# the gates' chunk-local cumulative sum (every kernel's b), per (chunk, head[, key channel])
+# ------------------------------------------------------------------------------------------------
+
+def gate_cumsum(st: LinearStatic, *, chunk_size: int):
+    """Build the PrimFunc ``main`` of the chunk-local cumulative log decay (part ``cumsum``), the ``gc``
+    every other kernel reads: one thread per (chunk, head[, key channel]) sums its chunk's rows in order
+    from the chunk's first row, in fp32,
+
+        gc[r] = Σ_{r' = first row of r's chunk .. r} g[r']
+
+    (chunks of ``chunk_size`` rows counted from each sequence's start; ``chunk_indices`` as for prep and
+    output when varlen). Scalar gates [B, T, H] and gla's per-key gates [B, T, H, K], read in their own
+    dtype (``st.dtype`` is the gate's here); only rows inside a sequence are written. Consecutive threads take consecutive heads (and key channels), so every row
+    step reads and writes contiguous memory."""
+    assert st.gate in ("scalar", "vector"), f"{st.op} has no gate"
+    C, varlen = chunk_size, st.varlen
+    QB, NS, Tv, Hv, NCv = _axes(st)
+    NTt = tirx.Var("NTt", "int32")
+    KG = st.key_dim if st.gate == "vector" else 1  # gate channels per head
+
+    @T.macro
+    def body(g, gc, bsel, vh, vk, vc, bos, seq_len):
+        run = T.sblock_alloc_buffer((1,), F32, scope="local")
+        run[0] = tirx.const(0.0, F32)
+        for i in T.serial(C):
+            if vc * C + i < seq_len:
+                if KG == 1:
+                    run[0] = run[0] + T.Cast(F32, g[bsel, bos + vc * C + i, vh])
+                    gc[bsel, bos + vc * C + i, vh] = run[0]
+                else:
+                    run[0] = run[0] + T.Cast(F32, g[bsel, bos + vc * C + i, vh, vk])
+                    gc[bsel, bos + vc * C + i, vh, vk] = run[0]
+
+    gshape = _gate_shape(st, QB, Tv, Hv)
+
+    @T.prim_func(s_tir=True)
+    def main(g: T.Buffer(gshape, st.dtype), cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
+             chunk_indices: T.Buffer((NTt, 2) if varlen else (1, 2), "int32"), gc: T.Buffer(gshape, F32)):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for ci, h, kk in T.grid(_chunk_grid(st, C, QB, Tv, NTt), Hv, KG):
+            with T.sblock("tile"):
+                vci, vh, vk = T.axis.remap("SSS", [ci, h, kk])
+                T.reads(*([g[0:QB, 0:Tv, vh] if KG == 1 else g[0:QB, 0:Tv, vh, vk]]
+                          + ([cu_seqlens[0:NCv], chunk_indices[vci, 0:2]] if varlen else [])))
+                T.writes(gc[0:QB, 0:Tv, vh] if KG == 1 else gc[0:QB, 0:Tv, vh, vk])
+                if varlen:
+                    seq: T.let = chunk_indices[vci, 0]
+                    bos: T.let = cu_seqlens[seq]
+                    body(g, gc, 0, vh, vk, chunk_indices[vci, 1], bos, cu_seqlens[seq + 1] - bos)
+                else:
+                    nt: T.let = T.ceildiv(Tv, C)
+                    body(g, gc, vci // nt, vh, vk, vci % nt, 0, Tv)
+
+    return _keep_params(main, signature(st, "cumsum"))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -41,27 +41,22 @@ def _segment_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.T
     return (cs - before).contiguous()
 
 
-def _chunk_local_cumsum(g: torch.Tensor, cu_seqlens: torch.Tensor | None, chunk: int) -> torch.Tensor:
+def _chunk_local_cumsum(op: str, g: torch.Tensor, cu_seqlens: torch.Tensor | None, chunk_indices: torch.Tensor | None,
+                        chunk: int, kd: int, vd: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """Cumulative log decay from each chunk's first row (chunks of ``chunk`` rows counted from every
-    sequence's start), fp32, shaped like ``g`` ([B, T, H], or [B, T, H, K] for gla)."""
-    b, t, *rest = g.shape
-    if cu_seqlens is None:  # an exact fp32 sum per chunk (whole chunks: of a padded copy if T is not)
-        nt = math.ceil(t / chunk)
-        if t % chunk == 0:  # one scan kernel, no copy
-            return g.float().contiguous().view(b, nt, chunk, *rest).cumsum(2).view(g.shape)
-        gp = torch.nn.functional.pad(g.float(), (0, 0) * len(rest) + (0, nt * chunk - t))
-        return gp.view(b, nt, chunk, *rest).cumsum(2).view(b, nt * chunk, *rest)[:, :t].contiguous()
-    # varlen (B = 1): every chunk's rows scattered into a zero-padded [chunks, chunk] grid, summed there
-    # in fp32 as the dense path does (no long prefix sums, no host read: a sequence adds at most one
-    # partial chunk, so ceil(T / chunk) + N rows of the grid suffice)
-    pos = torch.arange(t, device=g.device)
-    bos = cu_seqlens[torch.searchsorted(cu_seqlens[1:], pos, right=True)].long()
-    r = (pos - bos) % chunk  # row within its chunk
-    cid = torch.cumsum((r == 0).long(), 0) - 1  # chunk of each row, counted over the batch
-    grid = torch.zeros((math.ceil(t / chunk) + cu_seqlens.shape[0] - 1, chunk, *rest), dtype=torch.float32,
-                       device=g.device)
-    grid[cid, r] = g[0].float()
-    return grid.cumsum(1)[cid, r].unsqueeze(0).contiguous()
+    sequence's start), fp32, shaped like ``g`` ([B, T, H], or [B, T, H, K] for gla): the ``cumsum``
+    kernel (``split.gate_cumsum``: one thread per chunk and head[, key channel], an exact fp32 sum of the
+    chunk's rows; ``chunk_indices`` from ``_chunk_layout`` when varlen). Rows are only written inside
+    their sequence (every row of ``g`` is). The kernel reads fp16 / bf16 / fp32 gates as they are (its
+    spec's dtype is the gate's), other dtypes as fp32. ``out``: the fp32 result's tensor (else allocated)."""
+    varlen = cu_seqlens is not None
+    if g.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        g = g.float()
+    g = g.contiguous()
+    gc = torch.empty(g.shape, dtype=torch.float32, device=g.device) if out is None else out
+    get(LinearSpec(op, "chunk", kd, vd, _dtype_name(g), varlen, chunk, "cumsum"), g.device)(
+        g, *([cu_seqlens, chunk_indices] if varlen else []), gc)
+    return gc
 
 
 def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int, cu: list[int] | None = None):
@@ -211,7 +206,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
     cu = cu_seqlens.tolist() if varlen else None  # (one host read)
     n_chunks, offsets, indices = _chunk_layout(cu_seqlens, b, t, chunk_size, cu)
-    gc = [_chunk_local_cumsum(g, cu_seqlens, chunk_size)] if gate != "none" else []
+    gc = ([_chunk_local_cumsum(op, g, cu_seqlens, indices, chunk_size, kd, vd)]
+          if gate != "none" else [])
     seqs, offs, idx = ([cu_seqlens], [offsets], [indices]) if varlen else ([], [], [])
     h0 = (torch.zeros((n, h, kd, vd), dtype=torch.float32, device=dev) if initial_state is None
           else initial_state.float().contiguous())
