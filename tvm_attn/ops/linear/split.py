@@ -524,8 +524,9 @@ def gate_cumsum(st: LinearStatic, *, chunk_size: int):
 
     (chunks of ``chunk_size`` rows counted from each sequence's start; ``chunk_indices`` as for prep and
     output when varlen). Scalar gates [B, T, H] and gla's per-key gates [B, T, H, K], read in their own
-    dtype (``st.dtype`` is the gate's here); only rows inside a sequence are written. Consecutive threads take consecutive heads (and key channels), so every row
-    step reads and writes contiguous memory."""
+    dtype (``st.dtype`` is the gate's here); only rows inside a sequence are written. Consecutive
+    threads take consecutive heads (and key channels), so every row step reads and writes contiguous
+    memory."""
     assert st.gate in ("scalar", "vector"), f"{st.op} has no gate"
     C, varlen = chunk_size, st.varlen
     QB, NS, Tv, Hv, NCv = _axes(st)
