@@ -162,9 +162,7 @@ def test_split_chunk_against_reference(op: str):
 def test_split_state_tilings_against_reference(op: str, tiles: str, monkeypatch):
     # the state kernel's wider tilings (picked on a GPU once their CTAs fill it), forced: dense with
     # K = V = 128 (several value tiles) and uneven varlen with K 64, fp32 and from bf16 inputs
-    from tvm_attn.ops.linear import torch_ops
-
-    from tvm_attn.ops.linear import build
+    from tvm_attn.ops.linear import build, torch_ops
 
     monkeypatch.setattr(torch_ops, "state_tiling", lambda *a: tiles)
     cases = [(shape(200, b=1, kd=128, vd=128), "float32"), (shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128), "bfloat16")]
@@ -593,13 +591,15 @@ def test_cuda_against_reference(op: str, form: str):
                                       ("gated_delta_rule", "v32"), ("gated_delta_rule", "v64"), ("delta_rule", "v64")])
 def test_cuda_state_tiling_against_reference(op: str, tiles: str, monkeypatch):
     # the state kernel's wider tilings, forced (each is picked once its CTAs fill the card)
-    from tvm_attn.ops.linear import torch_ops
+    from tvm_attn.ops.linear import build, torch_ops
 
     monkeypatch.setattr(torch_ops, "state_tiling", lambda *a: tiles)
     for dtype in ("float16", "bfloat16"):
         for s in (shape(200, kd=128, vd=128), shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128)):
             inp = make_inputs(op, s, dtype, "cuda", seed=19)
             check(f"cuda {op} {tiles} {dtype} {s}", op, "chunk", inp, chunk=64, dtype=dtype)
+            assert any(sp.op == op and sp.part == "state" and sp.tiles == tiles and sp.dtype == dtype
+                       for sp, _ in build._by_spec), "the forced tiling's kernel was not the one called"
 
 
 @requires_cuda
