@@ -59,18 +59,23 @@ def _chunk_local_cumsum(op: str, g: torch.Tensor, cu_seqlens: torch.Tensor | Non
     return gc
 
 
-def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int, cu: list[int] | None = None):
+def _chunk_offsets(cu: list[int], chunk: int) -> list[int]:
+    """Each sequence's first chunk in the varlen chunk index space (host copy of ``cu_seqlens``), and the
+    number of chunks in all last."""
+    offsets = [0]
+    for s, e in zip(cu, cu[1:]):
+        offsets.append(offsets[-1] + math.ceil((e - s) / chunk))
+    return offsets
+
+
+def _chunk_layout(cu_seqlens: torch.Tensor | None, b: int, t: int, chunk: int, offsets: list[int] | None = None):
     """(chunks in all, chunk_offsets [N + 1], chunk_indices [chunks, 2] = (sequence, chunk of it)) of the
-    split kernels; the varlen index tensors are built from a host copy of ``cu_seqlens`` (``cu``, else
-    one read)."""
+    split kernels; the varlen index tensors are built from host chunk offsets (``offsets``, else from
+    one read of ``cu_seqlens``)."""
     if cu_seqlens is None:
         return b * math.ceil(t / chunk), None, None
-    cu = cu_seqlens.tolist() if cu is None else cu
-    counts = [math.ceil((e - s) / chunk) for s, e in zip(cu, cu[1:])]
-    offsets = [0]
-    for c in counts:
-        offsets.append(offsets[-1] + c)
-    indices = [(n, c) for n, cnt in enumerate(counts) for c in range(cnt)]
+    offsets = _chunk_offsets(cu_seqlens.tolist(), chunk) if offsets is None else offsets
+    indices = [(n, c) for n in range(len(offsets) - 1) for c in range(offsets[n + 1] - offsets[n])]
     dev = cu_seqlens.device
     return (offsets[-1], torch.tensor(offsets, dtype=torch.int32, device=dev),
             torch.tensor(indices, dtype=torch.int32, device=dev).view(-1, 2))
@@ -205,7 +210,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         return get(LinearSpec(op, "chunk", kd, vd, _dtype_name(q), varlen, chunk_size, part, tiles), dev)
 
     cu = cu_seqlens.tolist() if varlen else None  # (one host read)
-    n_chunks, offsets, indices = _chunk_layout(cu_seqlens, b, t, chunk_size, cu)
+    cu_offs = _chunk_offsets(cu, chunk_size) if varlen else None
+    n_chunks, offsets, indices = _chunk_layout(cu_seqlens, b, t, chunk_size, cu_offs)
     gc = ([_chunk_local_cumsum(op, g, cu_seqlens, indices, chunk_size, kd, vd)]
           if gate != "none" else [])
     seqs, offs, idx = ([cu_seqlens], [offsets], [indices]) if varlen else ([], [], [])
@@ -223,12 +229,12 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         kern("state", state_tiling(op, n, h, kd, vd, dev))(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
         kern("output")(q, k, vn, *gc, hs, *seqs, *idx, o, scale)
     else:
-        max_chunks = math.ceil(max((e - s for s, e in zip(cu, cu[1:])), default=0) / chunk_size) if varlen \
+        max_chunks = max((e - s for s, e in zip(cu_offs, cu_offs[1:])), default=0) if varlen \
             else math.ceil(t / chunk_size)
         seg = (state_segment_chunks(op, n, h, kd, vd, max_chunks, dev) if segment_chunks is None
                else segment_chunks)
         if gate != "vector" and 0 < seg < max_chunks:
-            _segmented_state(op, k, v, gc, h0, cu, b, t, chunk_size, seg, hs, ht)
+            _segmented_state(op, k, v, gc, h0, cu, cu_offs, b, t, chunk_size, seg, hs, ht)
         else:
             kern("state", state_tiling(op, n, h, kd, vd, dev))(k, v, *gc, h0, *seqs, *offs, hs, ht)
         kern("output")(q, k, v, *gc, hs, *seqs, *idx, o, scale)
@@ -236,7 +242,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 
 def _segmented_state(op: str, k: torch.Tensor, v: torch.Tensor, gc: list, h0: torch.Tensor, cu: list[int] | None,
-                     b: int, t: int, chunk: int, seg_chunks: int, hs: torch.Tensor, ht: torch.Tensor) -> None:
+                     cu_offs: list[int] | None, b: int, t: int, chunk: int, seg_chunks: int, hs: torch.Tensor,
+                     ht: torch.Tensor) -> None:
     """The add rule's state pass split along the sequence (``state_segment_chunks``): the segment-local
     pass, the carry, then the state pass on the segments as a varlen batch, both passes in the whole-state
     tiling; writes the same h and final states as the whole pass. Dense inputs are viewed as one
@@ -250,10 +257,7 @@ def _segmented_state(op: str, k: torch.Tensor, v: torch.Tensor, gc: list, h0: to
         k, v = k.view(1, b * t, h, kd), v.view(1, b * t, h, vd)
         gc = [g.view(1, b * t, h) for g in gc]
     else:
-        bases = [0]
-        for s, e in zip(cu, cu[1:]):
-            bases.append(bases[-1] + math.ceil((e - s) / chunk))
-        seg_cu, seg_offs, seg_rows, seg_first, last = _segment_plan(tuple(cu), tuple(bases), chunk, seg_chunks, dev)
+        seg_cu, seg_offs, seg_rows, seg_first, last = _segment_plan(tuple(cu), tuple(cu_offs), chunk, seg_chunks, dev)
     gated = bool(gc)
 
     def kern(part: str, tiles: str = SEGMENT_TILING):
