@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -113,7 +115,11 @@ def fla_call(entry, shape, inputs) -> Checked | str:
     if params["form"] != "chunk":
         return f"fla is mapped for the chunk form only (this point is form={params['form']})"
     module, name, extra = mapped
+    # fla's Triton autotune keys leave out the batch and the length, and by default keep the winners on
+    # disk: without this every shape would run the configs tuned for the first one fla saw
+    os.environ.setdefault("FLA_CACHE_RESULTS", "0")
     fn = getattr(importlib.import_module(module), name)
+    _fla_autotune_for(entry.name, shape)
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     scale = params.get("scale")  # ours: K^-1/2 unless the point sets one
     kwargs = dict(extra, scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else scale,
@@ -132,6 +138,35 @@ def fla_call(entry, shape, inputs) -> Checked | str:
         note.append(f"fla runs chunk size 64 (ours {chunk}; the result does not depend on it)")
     args = (q, k, v, *(inputs[n] for n in _FLA_GATES[entry.name]))
     return Checked(lambda: fn(*args, **kwargs), lambda out: out[0], "; ".join(note))
+
+
+_fla_tuned_for: list = [None]
+
+
+def _fla_autotune_for(op: str, shape: dict) -> None:
+    """Forget the configs fla's autotuners picked (every Triton ``Autotuner`` reachable from a loaded
+    ``fla`` module) when the (op, shape) changes, so each shape is timed with the configs tuned for it:
+    what a process running only that shape gets."""
+    point = (op, tuple(sorted(shape.items())))
+    if _fla_tuned_for[0] == point:
+        return
+    _fla_tuned_for[0] = point
+    try:
+        from triton.runtime.autotuner import Autotuner
+    except ImportError:  # no triton: no autotuner to reset
+        return
+
+    for mod_name, mod in list(sys.modules.items()):
+        if mod is None or not (mod_name == "fla" or mod_name.startswith("fla.")):
+            continue
+        for obj in list(vars(mod).values()):
+            for _ in range(4):  # heuristics and jit wrappers hold the autotuner in ``fn``
+                if isinstance(obj, Autotuner):
+                    obj.cache.clear()
+                    break
+                obj = getattr(obj, "fn", None)
+                if obj is None:
+                    break
 
 
 def _fla(entry, shape, inputs):

@@ -226,6 +226,38 @@ def test_fla_call_passes_our_arguments(monkeypatch):
                 assert c["cu_seqlens"].dtype == torch.int64
 
 
+def test_fla_autotune_is_redone_for_each_shape(monkeypatch):
+    # fla's autotune keys omit B and T: a shape change must empty every autotuner's cache (one held
+    # directly, one under a heuristics wrapper's ``fn``), the same shape again must keep it
+    class Autotuner:
+        def __init__(self):
+            self.cache = {}
+
+    autotuner_mod = types.ModuleType("triton.runtime.autotuner")
+    autotuner_mod.Autotuner = Autotuner
+    for name in ("triton", "triton.runtime"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "triton.runtime.autotuner", autotuner_mod)
+    direct, wrapped = Autotuner(), Autotuner()
+    fla_mod = types.ModuleType("fla.ops.fake")
+    fla_mod.kernel_a = direct
+    fla_mod.kernel_b = types.SimpleNamespace(fn=wrapped)
+    monkeypatch.setitem(sys.modules, "fla.ops.fake", fla_mod)
+    monkeypatch.setattr(baselines, "_fla_tuned_for", [None])
+
+    def fill():
+        direct.cache["key"] = wrapped.cache["key"] = "config tuned for the last shape"
+
+    fill()
+    baselines._fla_autotune_for("gla", {"B": 8, "T": 2048})
+    assert direct.cache == {} and wrapped.cache == {}
+    fill()
+    baselines._fla_autotune_for("gla", {"B": 8, "T": 2048})
+    assert direct.cache and wrapped.cache
+    baselines._fla_autotune_for("gla", {"B": 1, "T": 32768})
+    assert direct.cache == {} and wrapped.cache == {}
+
+
 def test_driver_checks_fla_before_timing_it(monkeypatch):
     """A checked baseline that computes the same thing is timed with its error beside the time; one that
     computes something else is recorded as not comparable, untimed."""
