@@ -190,3 +190,30 @@ def test_tune_end_to_end_with_a_stand_in_runner(tmp_path, monkeypatch):
         SPEC, "cuda", L.representative_shape(SPEC, "cuda"))}
     assert (result.folder / "tuning.png").stat().st_size > 0
     assert cuda_plan(SPEC, TGT).name.startswith("tuned_")
+
+
+@pytest.mark.parametrize("spec", [
+    LinearSpec("gated_delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state", "v64"),
+    LinearSpec("gated_delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state"),
+    LinearSpec("simple_gla", "chunk", 128, 128, "bfloat16", False, 64, "state", "many"),
+    LinearSpec("gla", "chunk", 128, 128, "bfloat16", False, 64, "state")], ids=lambda s: s.key)
+def test_tuning_candidates_keep_their_chunk_loop(spec):
+    # a tuning candidate is specialised to the representative shape, so its chunk loop has a constant trip
+    # count; the pipelined kernels' cp.async drain unrolling once wrote every chunk out (200k lines of
+    # CUDA for 32 chunks, and nvcc never finished): the candidate must be the symbolic kernel's code with
+    # the chunk count filled in
+    from tvm_attn.ops.linear.cuda import build_config, cuda_schedule
+    from tvm_attn.schedules.linear import apply_cuda_chunk_part
+
+    task = L.tasks(spec, "cuda", L.representative_shape(spec, "cuda"))[0]  # the default's tiles
+    sch = _tvm.Schedule(_tvm.tvm.ir.load_json(_tvm.tvm.ir.save_json(_tvm.tvm.IRModule({"main": task.func}))))
+    apply_cuda_chunk_part(sch, spec.part, task.variant, spec.dtype)  # the default decision
+    src = L.ms_build_cuda(sch.mod, _tvm.cuda_target("sm_90a"), None).imports[0].inspect_source()
+    symbolic = _tvm.cuda_source(_tvm.compile_module(cuda_schedule(spec).mod, _tvm.cuda_target("sm_90a"),
+                                                    build_config()))
+    n_chunks = -(-L.representative_shape(spec, "cuda")["T"] // spec.chunk)
+    assert f"for (int c = 0; c < {n_chunks - task.variant.stages}; ++c)" in src
+    assert src.count("mma.sync") == symbolic.count("mma.sync")
+    assert src.count("\n") < 1.3 * symbolic.count("\n")
+    if spec.tiles == "v64":
+        assert _tvm.compile_cuda_source(src, "sm_90a", "fatbin")  # and nvcc compiles it

@@ -207,25 +207,52 @@ def _lower_warp_memory_repeated() -> tvm.transform.Pass:
 
 # A software pipeline of 2+ asynchronous stages drains in a loop whose cp.async wait counts depend on the
 # loop variable, and CUDA codegen needs them constant. Unrolling explicitly before the warp-memory pass
-# breaks that pass (it cannot lower the constant-folded lane indices), so where such a wait exists the
-# module's constant loops are unrolled here, after it (in the same slot of the pipeline).
-def _has_variable_async_wait(mod) -> bool:
+# breaks that pass (it cannot lower the constant-folded lane indices), so the loops those wait counts
+# depend on are unrolled here, after it (in the same slot of the pipeline), with the constant loops of at
+# most UNROLL_MAX_EXTENT iterations (the tile loops over fragments and warps). Not every constant loop: a
+# kernel specialised to concrete lengths (what tuning measures) has a constant chunk loop too, and writing
+# every chunk out made 200k lines of CUDA for 32 chunks, which nvcc did not finish compiling. For the
+# kernels at symbolic lengths this emits the same CUDA as unrolling every constant loop did.
+UNROLL_MAX_EXTENT = 16
+
+
+def _variable_async_waits(node) -> list:
     found = []
 
     def visit(n):
         if isinstance(n, tirx.AttrStmt) and n.attr_key == "async_wait_inflight_count" \
                 and not isinstance(n.value, tirx.IntImm):
-            found.append(n)
+            found.append(n.value)
 
-    tvm_ffi.structural_walk(mod, [(object, visit)], order="pre")
-    return bool(found)
+    tvm_ffi.structural_walk(node, [(object, visit)], order="pre")
+    return found
+
+
+def _uses_var(expr, var) -> bool:
+    hit = []
+    tvm_ffi.structural_walk(expr, [(tirx.Var, lambda v: hit.append(True) if v.same_as(var) else None)],
+                            order="pre")
+    return bool(hit)
+
+
+def _mark_wait_loops_unrolled(mod):
+    def visit_for(loop, mutator):
+        loop = mutator.default_mutate(loop)
+        if loop.kind == tirx.ForKind.SERIAL and isinstance(loop.extent, tirx.IntImm) and any(
+                _uses_var(w, loop.loop_var) for w in _variable_async_waits(loop.body)):
+            return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.UNROLLED, loop.body,
+                            loop.thread_binding, loop.annotations)
+        return loop
+
+    return tvm_ffi.structural_mutate(mod, [(tirx.For, visit_for)])
 
 
 def _unroll_async_waits() -> tvm.transform.Pass:
     def run(mod, ctx):
-        if not _has_variable_async_wait(mod):
+        if not _variable_async_waits(mod):
             return mod
-        cfg = {**ctx.config, "tirx.UnrollLoop": {"auto_max_step": 1 << 20, "auto_max_depth": 64,
+        mod = _mark_wait_loops_unrolled(mod)
+        cfg = {**ctx.config, "tirx.UnrollLoop": {"auto_max_extent": UNROLL_MAX_EXTENT, "auto_max_depth": 64,
                                                   "explicit_unroll": True}}
         with tvm.transform.PassContext(opt_level=ctx.opt_level, config=cfg):
             return tvm.transform.Sequential([tirx.transform.UnrollLoop(), tirx.transform.StmtSimplify()])(mod)
