@@ -277,6 +277,7 @@ def run(ops: Sequence[str] | None = None, shapes: str = "quick", baselines: Sequ
     entries = [registry.get(o) for o in ops] if ops else registry.all_ops()
     result = {"provenance": provenance(device), "ceilings": ceilings(device), "rows": []}
     l2 = (result["provenance"]["card"].get("l2_bytes") or L2_DEFAULT) if device == "cuda" else L2_DEFAULT
+    result["complete"] = False
     for entry in entries:
         dts = [dtype] if dtype else [entry.dtypes[device][0] if device == "cpu" else "bfloat16"]
         for shape in load_shapes(entry, shapes):
@@ -286,6 +287,9 @@ def run(ops: Sequence[str] | None = None, shapes: str = "quick", baselines: Sequ
                 row = bench_point(entry, shape, dt, device, baselines, l2)
                 result["rows"].append(row)
                 print(format_row(row, result["ceilings"]), flush=True)
+                if out is not None:  # every finished point is on disk: a killed run keeps what it measured
+                    write_json(result, Path(out))
+    result["complete"] = True
     if out is not None:
         write(result, Path(out))
     return result
@@ -319,13 +323,22 @@ def format_row(row: dict, ceil: dict) -> str:
     return f"{head} " + " | ".join(parts)
 
 
-def write(result: dict, out: Path) -> Path:
+def write_json(result: dict, out: Path) -> Path:
+    """``<out>/<card key>/bench-<start stamp>.json``, replaced atomically (``complete`` false until the
+    run's last point)."""
     key = result["provenance"]["card"]["key"]
     stamp = result["provenance"]["date"].replace(":", "").replace("-", "")[:15]
     folder = out / key
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"bench-{stamp}.json"
-    path.write_text(json.dumps(result, indent=1))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def write(result: dict, out: Path) -> Path:
+    path = write_json(result, out)
     from .report import render
 
     render(path)

@@ -24,7 +24,9 @@ def markdown(result: dict) -> str:
     prov, rows = result["provenance"], result["rows"]
     names = sorted({n for r in rows for n in r.get("baselines", {})})
     lines = [f"Card: **{prov['card']['name']}** ({prov['device']}), {prov['date']}, torch {prov['torch']}, "
-             f"TVM {prov['tvm']}, git {prov.get('git')}{' (dirty)' if prov.get('git_dirty') else ''}.",
+             f"TVM {prov['tvm']}, git {prov.get('git')}{' (dirty)' if prov.get('git_dirty') else ''}."
+             + (" The run stopped before its last point (these are the points it finished)."
+                if result.get("complete") is False else ""),
              "Ceilings measured in the same run: " +
              ", ".join(f"{k} {v:.2f}" for k, v in result["ceilings"].items()) + ".", "",
              "Ratios are baseline time / tvm-attn time (> 1: tvm-attn is faster); medians after warm-up, calls "

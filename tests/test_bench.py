@@ -8,6 +8,7 @@ import sys
 import types
 from dataclasses import replace
 
+import pytest
 import torch
 
 from tvm_attn import registry
@@ -65,9 +66,31 @@ def test_cli_writes_json_markdown_and_png(tmp_path):
         assert key in prov
     assert result["ceilings"]["gemm_fp32_1024_TFLOPs"] > 0
     assert result["rows"][0]["check"]["ok"] and "sdpa-math" in result["rows"][0]["baselines"]
+    assert result["complete"] is True and not list(run.parent.glob("*.tmp"))
     assert "| flash_fwd |" in run.with_suffix(".md").read_text()
     assert run.with_suffix(".png").stat().st_size > 0
     assert "flash_fwd" in report.markdown(result)
+
+
+def test_a_killed_run_keeps_its_finished_points(tmp_path, monkeypatch):
+    # the JSON is rewritten after every point: a run stopped by a timeout keeps what it measured
+    real, calls = driver.bench_point, []
+
+    def point_then_killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a timeout's signal does to the second point
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver, "bench_point", point_then_killed)
+    shapes = tmp_path / "shapes.json"
+    shapes.write_text(json.dumps({"flash_fwd": [TINY, dict(TINY, Tq=80)]}))
+    with pytest.raises(KeyboardInterrupt):
+        driver.run(["flash_fwd"], str(shapes), ["sdpa-math"], out=tmp_path / "results", device="cpu")
+    (run,) = (tmp_path / "results" / "cpu").glob("bench-*.json")
+    result = json.loads(run.read_text())
+    assert result["complete"] is False and len(result["rows"]) == 1 and result["rows"][0]["check"]["ok"]
+    assert "stopped before its last point" in report.markdown(result)
 
 
 def test_readme_section_is_generated(tmp_path):
