@@ -158,8 +158,11 @@ def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str =
     default = default_split_variant(part, rule, gate, tiles)
     if part == "state" and rule == "delta":
         # wider value tiles re-read K and W less (each value tile reads them whole every chunk): 64 wide,
-        # 4 warps, compiles for sm_90a without spills (156 registers)
-        grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, 0, st) for bv in (16, 32, 64) for st in (1, 2)]
+        # 4 warps, compiles for sm_90a without spills (156 registers). Pipelined, the 64-wide tile needs
+        # 120-163 KiB of shared memory, one CTA per SM: at (8, 2048, 16) its 256 CTAs run in two waves on
+        # 132 SMs. Synchronous (stages 0: no cp.async, one buffer per operand) it needs 76 KiB, two CTAs
+        # per SM, one wave, each CTA's loads hidden by the other's work instead of its own pipeline
+        grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, 0, st) for bv in (16, 32, 64) for st in (0, 1, 2)]
     elif part == "state" and gate == "vector":
         grid = [LinearVariant(bv, 2, 0, bk, st) for bv in (32, 64) for bk in (32, 64) for st in (2, 3)]
     elif part == "state":

@@ -8,6 +8,7 @@ CPU always; CUDA numerics where a GPU is present.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import sys
@@ -538,6 +539,31 @@ def test_cuda_schedule_compiles_for_sm90a(op, form, dtype, kd, chunk):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+def test_cuda_delta_state_synchronous_variants():
+    # the delta rule's state variants without a cp.async pipeline (in the tuning space): they compile
+    # for sm_90a, issue no cp.async, and the 64-wide one fits two CTAs per SM where the pipelined ones fit one
+    from tvm_attn import _tvm
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import SMEM_LIMIT, build_config, cuda_func
+    from tvm_attn.schedules.linear import apply_cuda_chunk_part, split_variant_space
+
+    spec = LinearSpec("gated_delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state", "v64")
+    smem = {}
+    for v in split_variant_space("state", "delta", "scalar", "v64"):
+        if v.block_v != 64:
+            continue
+        sch = _tvm.Schedule(cuda_func(spec, v))
+        apply_cuda_chunk_part(sch, "state", v, "bfloat16")
+        ex, smem[v.stages] = _tvm.compile_with_shared_memory(sch.mod, _tvm.cuda_target("sm_90a"), build_config())
+        src = _tvm.cuda_source(ex)
+        assert ("cp_async" in src) == (v.stages > 0) and src.count("mma.sync") > 0
+        if v.stages == 0:
+            assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
+    per_sm = {st: SMEM_LIMIT["sm_90a"] // (b + 1024) for st, b in smem.items()}  # 1 KiB reserved per CTA
+    assert per_sm[0] >= 2 and per_sm[1] == per_sm[2] == 1, smem
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_cuda_chunk_design_space_samples_compile():
     # the MetaSchedule space: sampled warp counts and unroll depths give valid sm_90a kernels
     from tvm_attn import _tvm
@@ -600,6 +626,27 @@ def test_cuda_state_tiling_against_reference(op: str, tiles: str, monkeypatch):
             check(f"cuda {op} {tiles} {dtype} {s}", op, "chunk", inp, chunk=64, dtype=dtype)
             assert any(sp.op == op and sp.part == "state" and sp.tiles == tiles and sp.dtype == dtype
                        for sp, _ in build._by_spec), "the forced tiling's kernel was not the one called"
+
+
+@requires_cuda
+@pytest.mark.parametrize("stages", [0, 1])
+def test_cuda_delta_state_pipeline_depths_against_reference(stages: int, monkeypatch):
+    # the delta rule's 64-wide state tile at the pipeline depths the tuning space holds besides the
+    # default's 2 (0: synchronous loads), forced as the v64 tiling's default
+    from tvm_attn.ops.linear import build, torch_ops
+    from tvm_attn.schedules import linear as sched
+
+    forced = dataclasses.replace(sched.DEFAULT_SPLIT_VARIANTS["state_v64"], stages=stages)
+    monkeypatch.setitem(sched.DEFAULT_SPLIT_VARIANTS, "state_v64", forced)
+    monkeypatch.setattr(build, "_by_spec", {})
+    monkeypatch.setattr(torch_ops, "state_tiling", lambda *a: "v64")
+    for dtype in ("float16", "bfloat16"):
+        for s in (shape(200, kd=128, vd=128), shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128)):
+            inp = make_inputs("gated_delta_rule", s, dtype, "cuda", seed=23)
+            check(f"cuda gated_delta_rule v64 s{stages} {dtype} {s}", "gated_delta_rule", "chunk", inp, chunk=64,
+                  dtype=dtype)
+    assert any(k.schedule == f"default_{forced.key}" for (sp, _), k in build._by_spec.items()
+               if sp.part == "state" and sp.tiles == "v64"), "the forced variant's kernel was not the one called"
 
 
 @requires_cuda

@@ -67,7 +67,7 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
         if spec.part in ("state", "state_local"):
             local = {"local": True} if spec.part == "state_local" else {}
             return kernels_of.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag, solve=scopes.solve,
-                                    min_chunks=max(stages, 1), **local)
+                                    min_chunks=stages, **local)
         if st.gate == "vector":
             kw["solve"] = scopes.solve
         return kernels_of.output(st, **kw, block_v=block_v, frag=scopes.frag)
