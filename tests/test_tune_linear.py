@@ -19,14 +19,19 @@ SPEC = LinearSpec("simple_gla", "chunk", 128, 128, "bfloat16", False, 64, "outpu
 TGT = DeviceTarget("cuda", "sm_90a", "testcard")
 
 
+def _private_schedule(task):
+    """A schedule of the task's workload on its own deserialised copy, as the tuner's search samples one
+    (TVM 0.27's schedule copy-on-write would otherwise change the task in place)."""
+    return _tvm.Schedule(_tvm.tvm.ir.load_json(_tvm.tvm.ir.save_json(_tvm.tvm.IRModule({"main": task.func}))))
+
+
 def _write_record(root: Path, spec: LinearSpec, task, *, best_s: float, default_s: float) -> Path:
     """Sample the task's space on a private copy of its workload (as the tuner's search does: TVM 0.27's
     schedule copy-on-write would otherwise change the task in place), commit it through MetaSchedule's
     JSON database and append its lines to the records folder with a provenance, as ``tune`` does."""
     ms = _tvm.ms
     workload = _tvm.tvm.IRModule({"main": task.func})
-    private = _tvm.tvm.ir.load_json(_tvm.tvm.ir.save_json(workload))
-    sch = _tvm.Schedule(private)
+    sch = _private_schedule(task)
     task.space(sch)
     scratch = root / "scratch"
     scratch.mkdir(exist_ok=True)
@@ -100,7 +105,7 @@ def test_tuned_record_is_replayed_and_compiled(user_root):
     assert f"__launch_bounds__({32 * warps})" in src and "mma.sync.aligned.m16n8k16" in src
     assert "int T" in src  # lengths stay symbolic
     # the tuner's builder compiles a concrete candidate (sampled on a private copy, as the search does)
-    private = _tvm.Schedule(_tvm.tvm.ir.load_json(_tvm.tvm.ir.save_json(_tvm.tvm.IRModule({"main": task.func}))))
+    private = _private_schedule(task)
     task.space(private)
     built = L.ms_build_cuda(private.mod, _tvm.cuda_target("sm_90a"), None)
     assert "mma.sync" in built.imports[0].inspect_source()
@@ -206,7 +211,7 @@ def test_tuning_candidates_keep_their_chunk_loop(spec):
     from tvm_attn.schedules.linear import apply_cuda_chunk_part
 
     task = L.tasks(spec, "cuda", L.representative_shape(spec, "cuda"))[0]  # the default's tiles
-    sch = _tvm.Schedule(_tvm.tvm.ir.load_json(_tvm.tvm.ir.save_json(_tvm.tvm.IRModule({"main": task.func}))))
+    sch = _private_schedule(task)
     apply_cuda_chunk_part(sch, spec.part, task.variant, spec.dtype)  # the default decision
     src = L.ms_build_cuda(sch.mod, _tvm.cuda_target("sm_90a"), None).imports[0].inspect_source()
     symbolic = _tvm.cuda_source(_tvm.compile_module(cuda_schedule(spec).mod, _tvm.cuda_target("sm_90a"),

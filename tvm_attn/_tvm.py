@@ -235,11 +235,12 @@ def _uses_var(expr, var) -> bool:
     return bool(hit)
 
 
-def _mark_wait_loops_unrolled(mod):
+def _mark_wait_loops_unrolled(mod, waits: list):
+    # a loop variable is bound only inside its loop, so a wait count that uses it is in the loop's body
     def visit_for(loop, mutator):
         loop = mutator.default_mutate(loop)
         if loop.kind == tirx.ForKind.SERIAL and isinstance(loop.extent, tirx.IntImm) and any(
-                _uses_var(w, loop.loop_var) for w in _variable_async_waits(loop.body)):
+                _uses_var(w, loop.loop_var) for w in waits):
             return tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.UNROLLED, loop.body,
                             loop.thread_binding, loop.annotations)
         return loop
@@ -249,9 +250,10 @@ def _mark_wait_loops_unrolled(mod):
 
 def _unroll_async_waits() -> tvm.transform.Pass:
     def run(mod, ctx):
-        if not _variable_async_waits(mod):
+        waits = _variable_async_waits(mod)
+        if not waits:
             return mod
-        mod = _mark_wait_loops_unrolled(mod)
+        mod = _mark_wait_loops_unrolled(mod, waits)
         cfg = {**ctx.config, "tirx.UnrollLoop": {"auto_max_extent": UNROLL_MAX_EXTENT, "auto_max_depth": 64,
                                                   "explicit_unroll": True}}
         with tvm.transform.PassContext(opt_level=ctx.opt_level, config=cfg):
