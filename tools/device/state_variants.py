@@ -1,0 +1,107 @@
+"""The delta rules' state kernel by variant (value tile x pipeline depth), each forced as the dispatched
+tiling's default (``DEFAULT_SPLIT_VARIANTS``) through the public call, at the anchors (bf16, H 16,
+K = V = 128), checked against the fp32 reference, timed against fla in the same process (GPU kernel time
+per call, ``bench.driver.kernel_time``). Tuned records are left out (every kernel runs its default
+decision), so the variants differ in the state kernel only. Writes $OUT/state_variants.json after every
+point.   python tools/device/state_variants.py [op,...] [stages,...]"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from multiprocessing import Pool
+
+OPS = sys.argv[1].split(",") if len(sys.argv) > 1 else ["gated_delta_rule", "delta_rule"]
+STAGES = [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else [0, 1, 2]
+TILINGS = {"": "state_delta", "v32": "state_v32", "v64": "state_v64"}  # dispatched tiling -> default's key
+OUT = os.path.join(os.environ.get("OUT", "."), "state_variants.json")
+
+
+def force(tiling: str, stages: int | None):
+    """Make ``tiling`` the dispatched state tiling, at ``stages`` (None: as shipped); no tuned records."""
+    from tvm_attn.ops.linear import build, torch_ops
+    from tvm_attn.schedules import linear as sched
+    from tvm_attn.tune import dispatch
+
+    if not hasattr(force, "shipped"):
+        force.shipped = dict(sched.DEFAULT_SPLIT_VARIANTS)
+        force.tiling = torch_ops.state_tiling
+    key = TILINGS[tiling]
+    sched.DEFAULT_SPLIT_VARIANTS.update(force.shipped)
+    if stages is not None:
+        sched.DEFAULT_SPLIT_VARIANTS[key] = dataclasses.replace(force.shipped[key], stages=stages)
+    dispatch.lookup = lambda spec, tgt: None
+    build._by_spec.clear()
+    torch_ops.state_tiling = (lambda *a: tiling) if stages is not None else force.tiling
+    return sched.DEFAULT_SPLIT_VARIANTS[key].key
+
+
+def combos():
+    return [(op, t, s) for op in OPS for t in TILINGS for s in STAGES]
+
+
+def compile_one(c):
+    import torch
+
+    from tvm_attn.ops.linear import build
+
+    op, tiling, stages = c
+    name = force(tiling, stages)
+    t = time.time()
+    try:
+        build.get(build.LinearSpec(op, "chunk", 128, 128, "bfloat16", False, 64, "state", tiling),
+                  torch.device("cuda", 0))
+        return f"{op} {tiling or 'default'} {name}: {time.time() - t:.0f} s"
+    except Exception as e:  # noqa: BLE001
+        return f"{op} {tiling or 'default'} {name}: FAILED {type(e).__name__}: {str(e)[:300]}"
+
+
+def main():
+    import torch
+
+    from bench.baselines import BASELINES
+    from bench.driver import check, check_baseline, kernel_time, provenance, reference
+    from tvm_attn import registry
+
+    t0 = time.time()
+    with Pool(min(14, os.cpu_count() or 4)) as p:
+        for line in p.imap_unordered(compile_one, combos()):
+            print(line, flush=True)
+    print(f"compiled in {time.time() - t0:.0f} s", flush=True)
+    result = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "rows": [],
+              "complete": False}
+    for op in OPS:
+        entry = registry.get(op)
+        for shape in entry.shapes["anchors"]:
+            inputs = entry.make_inputs(shape, torch.bfloat16, "cuda", seed=0)
+            refs = reference(entry, shape, inputs)
+            row = {"op": op, "B": shape["B"], "T": shape["T"], "H": shape["H"], "ms": {}, "check": {}}
+            fla = BASELINES["fla"](entry, shape, inputs)
+            if not isinstance(fla, str):
+                row["fla_check"] = check_baseline(entry, fla, refs, "bfloat16")
+                row["fla_ms"] = kernel_time([fla], "cuda") * 1e3
+            for tiling, stages in [(t, s) for t in TILINGS for s in STAGES] + [(None, None)]:
+                name = "dispatched" if tiling is None else f"{tiling or 'default'} {force(tiling, stages)}"
+                if tiling is None:
+                    force("", None)
+                chk = check(entry, shape, inputs, entry.run(inputs, shape), refs)
+                row["check"][name] = chk
+                if chk["ok"]:
+                    row["ms"][name] = kernel_time([lambda: entry.run(inputs, shape)], "cuda") * 1e3
+            result["rows"].append(row)
+            print(json.dumps({k: row[k] for k in ("op", "B", "T", "ms")} | {"fla_ms": row.get("fla_ms")}),
+                  flush=True)
+            with open(OUT + ".tmp", "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(OUT + ".tmp", OUT)
+            del inputs, refs
+            torch.cuda.empty_cache()
+    result["complete"] = True
+    with open(OUT, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
