@@ -556,7 +556,8 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     memory (h[c], stored with 16-byte vectors, and the delta rule's B operand), W·odt(S) (delta; warps
     own its 16-row tiles), then Sᵀ += Vdᵀ K on tensor cores, Vdᵀ (the A operand) in registers: with the
     add rule warps own 16-row (value) tiles of Sᵀ and each loads its rows of Vᵀ (ldmatrix.trans) and
-    decays them; with the delta rule they own 16-column (key) tiles and each computes all of Vdᵀ.
+    decays them; with the delta rule they own 16-row tiles too when there are enough (else 16-column
+    (key) tiles, each computing all of Vdᵀ).
     (Nsight Compute, H200, 2 warps per CTA: the kernel is bound by each warp's instruction issue, so
     work that every warp repeated cost time directly.)"""
     n, h, jv, jk = sch.get_loops("tile")
@@ -571,10 +572,15 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
                           <= int(sch.get(sch.get_loops("S_gemm")[-2]).extent))
     if ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
-    # the add rule's warps own 16-row (value) tiles of Sᵀ, so each decays only its own rows of Vᵀ; the
-    # delta rule's own 16-column (key) tiles, every warp computing all of Vd from V' (fp32, shared)
+    # warps own 16-row (value) tiles of Sᵀ, so each decays only its own rows of Vdᵀ (the add rule: its
+    # rows of Vᵀ; the delta rule: its columns of V', fp32, shared). A delta-rule tile with fewer value
+    # tiles than warps (the default's 16 wide) is split by 16-column (key) tiles instead, every warp
+    # computing all of Vdᵀ: on the 64-wide tile (4 warps) that replicated pass was most of a warp's
+    # instructions per chunk (Nsight Compute, H200)
     add = _has(sch, "Vt_load")
-    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="rows" if add else "cols")
+    value_tiles = int(sch.get(sch.get_loops("S_gemm")[-3]).extent) // 16
+    by_rows = add or (ws_first and value_tiles % int(sch.get(fr.nw)) == 0)
+    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="rows" if by_rows else "cols")
     if delta and not ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
     loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
@@ -583,7 +589,7 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
         _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
     if add:  # Vᵀ by ldmatrix.trans, each warp its own rows, then decayed in the registers
         fr.load_transposed("Vt_load", buf="Vt_w")
-    fr.elementwise("V_decay", buf="Vd_w", replicate=not add)
+    fr.elementwise("V_decay", buf="Vd_w", replicate=not by_rows)
     for name in ("S_init", "S_cast", "ht_store"):
         if _has(sch, name):  # (the segment-local pass keeps no h, so it has no S_cast nor h_store)
             fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
