@@ -563,6 +563,43 @@ def test_cuda_delta_state_synchronous_variants():
     assert per_sm[0] >= 2 and per_sm[1] == per_sm[2] == 1, smem
 
 
+def test_cuda_delta_state_warps_split_value_tiles():
+    # the delta rule's state kernel: with as many 16-row value tiles as warps (v32: 2 warps, v64: 4), warps
+    # own value tiles of the state and each decays only its rows of Vdᵀ (V_decay split over threadIdx.y);
+    # the default's single value tile is split by key tiles, every warp computing all of Vdᵀ
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import cuda_schedule
+
+    def warp_split(sch, block):
+        return any(sch.get(lp).thread_binding is not None and sch.get(lp).thread_binding.thread_tag == "threadIdx.y"
+                   for lp in sch.get_loops(block))
+
+    for op in ("gated_delta_rule", "delta_rule"):
+        for tiles, split in (("", False), ("v32", True), ("v64", True)):
+            sch = cuda_schedule(LinearSpec(op, "chunk", 128, 128, "bfloat16", False, 64, "state", tiles))
+            assert warp_split(sch, "V_decay") == split, (op, tiles)
+
+
+def test_cuda_gate_cumsum_divides_once():
+    # the gate cumsum kernel computes its coordinates before its row loops: lowering substitutes a
+    # tile's coordinates into every use, and a division by the symbolic sizes per row made the kernel
+    # issue-bound (41 us on an H200 at every anchor shape, 4 us without)
+    import re
+
+    from tvm_attn import _tvm
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_config, cuda_schedule
+
+    for op, varlen in (("gated_delta_rule", False), ("gla", False), ("simple_gla", True)):
+        spec = LinearSpec(op, "chunk", 128, 128, "bfloat16", varlen, 64, "cumsum", "")
+        src = _tvm.cuda_source(_tvm.compile_module(cuda_schedule(spec).mod, _tvm.cuda_target("sm_90a"),
+                                                   build_config()))
+        body = src[src.index("__global__", src.index("__global__") + 1):]
+        loops = body[body.index("for ("):]
+        assert loops.count("for (") == 2, loops[:400]
+        assert not re.search(r"[/%] \(?\(?\(?[A-Za-z(]", loops), loops[:2000]
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 def test_cuda_chunk_design_space_samples_compile():
     # the MetaSchedule space: sampled warp counts and unroll depths give valid sm_90a kernels

@@ -40,7 +40,7 @@ def per_kernel(fn) -> list[dict]:
 
 
 def main():
-    res = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "rows": []}
+    res = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "rows": [], "complete": False}
     for op in OPS:
         entry = registry.get(op)
         for shape in entry.shapes["anchors"]:
@@ -57,8 +57,16 @@ def main():
                 ks = row.get(side, [])
                 print(f"{op} ({shape['B']}, {shape['T']}) {side}: total {sum(k['us'] for k in ks):.1f} us: "
                       + ", ".join(f"{k['kernel'][:40]} {k['us']:.1f}" for k in ks), flush=True)
-    with open(os.path.join(os.environ.get("OUT", "."), "kernel_breakdown.json"), "w") as f:
+            write(res)  # after every row: a run cut by its timeout keeps what it measured
+    res["complete"] = True
+    write(res)
+
+
+def write(res: dict) -> None:
+    out = os.path.join(os.environ.get("OUT", "."), "kernel_breakdown.json")
+    with open(out + ".tmp", "w") as f:
         json.dump(res, f, indent=1)
+    os.replace(out + ".tmp", out)
 
 
 if __name__ == "__main__":
