@@ -368,6 +368,7 @@ class _Fragments:
         self.sch, self.intrin = sch, mma_intrins(dtype)
         self.variant, self.tunable = variant, tunable
         self.nw = None  # the warp count, sampled by the first product (give it the fewest warp tiles)
+        self.warps_divide = 0  # when set, the warp count must divide it too (a later product's tiles)
         self.tiles = 0
         self.laid_out: set[str] = set()  # fragment buffers already in the fragment layout
         self.split: dict[str, str] = {}  # fragment buffer -> "rows" | "cols" (how warps share it)
@@ -390,8 +391,14 @@ class _Fragments:
         if self.nw is None:  # the warp-count knob: a perfect tiling of this product's warp tiles
             self.tiles = int(sch.get(split).extent)
             warps = min(self.variant.warps, self.tiles)
-            self.nw, _ = sch.sample_perfect_tile(split, n=2, max_innermost_factor=self.tiles,
-                                                 decision=None if self.tunable else [warps, self.tiles // warps])
+            if self.warps_divide:  # the divisors of both tile counts (a categorical: every mutation valid)
+                choices = [d for d in range(1, self.tiles + 1) if self.tiles % d == 0 == self.warps_divide % d]
+                assert warps in choices, (warps, choices)
+                self.nw = sch.sample_categorical(choices, [1 / len(choices)] * len(choices),
+                                                 decision=None if self.tunable else choices.index(warps))
+            else:
+                self.nw, _ = sch.sample_perfect_tile(split, n=2, max_innermost_factor=self.tiles,
+                                                     decision=None if self.tunable else [warps, self.tiles // warps])
         w, inner = sch.split(split, [self.nw, None])
         if by == "rows":
             sch.reorder(w, inner, j, k)
@@ -570,16 +577,18 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     # the product with the fewest warp tiles first: it samples the warp count, which divides both
     ws_first = delta and (int(sch.get(sch.get_loops("WS_gemm")[-3]).extent)
                           <= int(sch.get(sch.get_loops("S_gemm")[-2]).extent))
-    if ws_first:
-        fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
     # warps own 16-row (value) tiles of Sᵀ, so each decays only its own rows of Vdᵀ (the add rule: its
     # rows of Vᵀ; the delta rule: its columns of V', fp32, shared). A delta-rule tile with fewer value
     # tiles than warps (the default's 16 wide) is split by 16-column (key) tiles instead, every warp
     # computing all of Vdᵀ: on the 64-wide tile (4 warps) that replicated pass was most of a warp's
-    # instructions per chunk (Nsight Compute, H200)
+    # instructions per chunk (Nsight Compute, H200). Split by value tiles, the warp count that W·S
+    # samples must divide them as well
     add = _has(sch, "Vt_load")
     value_tiles = int(sch.get(sch.get_loops("S_gemm")[-3]).extent) // 16
-    by_rows = add or (ws_first and value_tiles % int(sch.get(fr.nw)) == 0)
+    by_rows = add or (ws_first and value_tiles >= variant.warps)
+    if ws_first:
+        fr.warps_divide = value_tiles if by_rows else 0
+        fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
     fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="rows" if by_rows else "cols")
     if delta and not ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)

@@ -578,6 +578,14 @@ def test_cuda_delta_state_warps_split_value_tiles():
         for tiles, split in (("", False), ("v32", True), ("v64", True)):
             sch = cuda_schedule(LinearSpec(op, "chunk", 128, 128, "bfloat16", False, 64, "state", tiles))
             assert warp_split(sch, "V_decay") == split, (op, tiles)
+    # tuning samples the warp count among the divisors of the value tiles too (a mutation of it stays a
+    # valid split): v32's 2 value tiles allow 1 or 2 warps, not the 4 that W·S's 4 row tiles would
+    spec = LinearSpec("gated_delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state", "v32")
+    sch = cuda_schedule(spec, tunable=True)
+    choices = [tuple(int(c) for c in inst.attrs[0]) for inst in sch.trace.decisions
+               if inst.kind.name == "SampleCategorical"]
+    assert choices == [(1, 2)], choices
+    assert warp_split(sch, "V_decay")
 
 
 def test_cuda_gate_cumsum_divides_once():

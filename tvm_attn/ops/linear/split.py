@@ -539,25 +539,24 @@ def gate_cumsum(st: LinearStatic, *, chunk_size: int):
     def body(g, gc, bsel, vh, vk, vc, bos, seq_len):
         rows = T.sblock_alloc_buffer((C,), F32, scope="local")
         run = T.sblock_alloc_buffer((1,), F32, scope="local")
-        # the tile's coordinates, its chunk's first row and last row inside the sequence (an offset, >= 0
-        # for every chunk the grid or chunk_indices lists), computed once into registers: lowering
-        # substitutes the tile's coordinates into every use, a division by the symbolic head count
-        # and chunk count per row (a let is substituted as well)
+        # the tile's coordinates, its chunk's first row and its number of rows inside the sequence,
+        # computed once into registers: lowering substitutes the tile's coordinates into every use, a
+        # division by the symbolic head count and chunk count per row (a let is substituted as well)
         at = T.sblock_alloc_buffer((5,), "int32", scope="local")
         at[0] = bsel
         at[1] = bos + vc * C
-        at[2] = T.max(T.min(seq_len - vc * C, C) - 1, 0)
+        at[2] = T.min(seq_len - vc * C, C)
         at[3] = vh
         at[4] = vk
-        for i in T.unroll(C):  # every load first, all in flight (rows past the end clamped: never stored)
+        for i in T.unroll(C):  # every load first, all in flight (rows clamped as ``_clamped``: in bounds)
             if KG == 1:
-                rows[i] = T.Cast(F32, g[at[0], at[1] + T.min(i, at[2]), at[3]])
+                rows[i] = T.Cast(F32, g[at[0], T.max(at[1] + T.min(i, at[2] - 1), 0), at[3]])
             else:
-                rows[i] = T.Cast(F32, g[at[0], at[1] + T.min(i, at[2]), at[3], at[4]])
+                rows[i] = T.Cast(F32, g[at[0], T.max(at[1] + T.min(i, at[2] - 1), 0), at[3], at[4]])
         run[0] = tirx.const(0.0, F32)
         for i in T.unroll(C):
             run[0] = run[0] + rows[i]
-            if i <= at[2]:
+            if i < at[2]:
                 if KG == 1:
                     gc[at[0], at[1] + i, at[3]] = run[0]
                 else:
