@@ -331,10 +331,15 @@ def write_json(result: dict, out: Path) -> Path:
     folder = out / key
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"bench-{stamp}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
+    replace_json(result, path)
     return path
+
+
+def replace_json(obj, path: Path) -> None:
+    """Write ``obj`` to ``path`` atomically (a reader, or a run killed mid-write, never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def write(result: dict, out: Path) -> Path:

@@ -2,8 +2,7 @@
 # precompile every split kernel of the linear ops (the on-disk kernel cache), then bench them at the
 # anchors against fla; the results JSON is under $OUT/results/<card>/ (rewritten after every point)
 export PYTHONUNBUFFERED=1 TVM_ATTN_GIT=${GITREV:-unknown}
-python3 -m pip install -q --no-deps --no-index --target /tmp/fla .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=$PWD:/tmp/fla:$PYTHONPATH
+source tools/device/fla_env.sh
 OPS=${OPS:-linear_attention,simple_gla,gla,delta_rule,gated_delta_rule}
 T0=$(date +%s)
 python3 tools/device/precompile.py $OPS > $OUT/precompile.log 2>&1

@@ -4,21 +4,22 @@ are all named main_kernel; their order is the call's (cumsum, prep, state, outpu
 Writes $OUT/kernel_breakdown.json.   python tools/device/kernel_breakdown.py [op,...] [B:T,...]"""
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.baselines import BASELINES
-from bench.driver import provenance
+from bench.driver import provenance, replace_json
 from tvm_attn import registry
 
 OPS = sys.argv[1].split(",") if len(sys.argv) > 1 else ["gated_delta_rule"]
 BT = [tuple(map(int, s.split(":"))) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else None
 CALLS = 10
+OUT = Path(os.environ.get("OUT", ".")) / "kernel_breakdown.json"
 
 
 def per_kernel(fn) -> list[dict]:
@@ -57,16 +58,9 @@ def main():
                 ks = row.get(side, [])
                 print(f"{op} ({shape['B']}, {shape['T']}) {side}: total {sum(k['us'] for k in ks):.1f} us: "
                       + ", ".join(f"{k['kernel'][:40]} {k['us']:.1f}" for k in ks), flush=True)
-            write(res)  # after every row: a run cut by its timeout keeps what it measured
+            replace_json(res, OUT)  # after every row: a run cut by its timeout keeps what it measured
     res["complete"] = True
-    write(res)
-
-
-def write(res: dict) -> None:
-    out = os.path.join(os.environ.get("OUT", "."), "kernel_breakdown.json")
-    with open(out + ".tmp", "w") as f:
-        json.dump(res, f, indent=1)
-    os.replace(out + ".tmp", out)
+    replace_json(res, OUT)
 
 
 if __name__ == "__main__":

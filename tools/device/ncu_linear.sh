@@ -3,8 +3,7 @@
 # BT); reports under $OUT/ncu-<op>-<B>x<T>-{ours,fla}.txt. Needs a machine whose runtime lets ncu read
 # the counters (../.library/device/KINDS.md); the clocks are left alone.
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-index --target /tmp/fla .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=$PWD:/tmp/fla:$PYTHONPATH
+source tools/device/fla_env.sh
 OP=${OP:-gated_delta_rule}; BT=${BT:-8:2048}
 SECTIONS="--section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats --section ComputeWorkloadAnalysis"
 for who in ours fla; do

@@ -12,11 +12,12 @@ import os
 import sys
 import time
 from multiprocessing import Pool
+from pathlib import Path
 
 OPS = sys.argv[1].split(",") if len(sys.argv) > 1 else ["gated_delta_rule", "delta_rule"]
 STAGES = [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else [0, 1, 2]
 TILINGS = {"": "state_delta", "v32": "state_v32", "v64": "state_v64"}  # dispatched tiling -> default's key
-OUT = os.path.join(os.environ.get("OUT", "."), "state_variants.json")
+OUT = Path(os.environ.get("OUT", ".")) / "state_variants.json"
 
 
 def force(tiling: str, stages: int | None):
@@ -62,7 +63,7 @@ def main():
     import torch
 
     from bench.baselines import BASELINES
-    from bench.driver import check, check_baseline, kernel_time, provenance, reference
+    from bench.driver import check, check_baseline, kernel_time, provenance, reference, replace_json
     from tvm_attn import registry
 
     t0 = time.time()
@@ -93,14 +94,11 @@ def main():
             result["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("op", "B", "T", "ms")} | {"fla_ms": row.get("fla_ms")}),
                   flush=True)
-            with open(OUT + ".tmp", "w") as f:
-                json.dump(result, f, indent=1)
-            os.replace(OUT + ".tmp", OUT)
+            replace_json(result, OUT)
             del inputs, refs
             torch.cuda.empty_cache()
     result["complete"] = True
-    with open(OUT, "w") as f:
-        json.dump(result, f, indent=1)
+    replace_json(result, OUT)
 
 
 if __name__ == "__main__":
