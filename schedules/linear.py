@@ -157,12 +157,14 @@ def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str =
     count sampled): the default first, then the tiles and pipeline depths timed around it on the H200."""
     default = default_split_variant(part, rule, gate, tiles)
     if part == "state" and rule == "delta":
-        # wider value tiles re-read K and W less (each value tile reads them whole every chunk): 64 wide,
-        # 4 warps, compiles for sm_90a without spills (156 registers). Pipelined, the 64-wide tile needs
-        # 120-163 KiB of shared memory, one CTA per SM: at (8, 2048, 16) its 256 CTAs run in two waves on
-        # 132 SMs. Synchronous (stages 0: no cp.async, one buffer per operand) it needs 76 KiB, two CTAs
-        # per SM, one wave, each CTA's loads hidden by the other's work instead of its own pipeline
+        # wider value tiles re-read K and W less (each value tile reads them whole every chunk). With V'
+        # formed in registers (32 and 64 wide: their warps own value tiles) the 64-wide tile compiles for
+        # sm_90a in 164-168 registers without spills and needs 69 / 113 / 156 KiB of shared memory at
+        # stages 0 / 1 / 2: three, two or one CTA per SM (at (8, 2048, 16) its 256 CTAs fit one wave on
+        # 132 SMs from two per SM)
         grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, 0, st) for bv in (16, 32, 64) for st in (0, 1, 2)]
+        # the 16-wide tile with one warp: it owns the value tile, so V' forms in registers (``delta_state_vt``)
+        grid += [LinearVariant(16, 1, 0, 0, st) for st in (1, 2)]
     elif part == "state" and gate == "vector":
         grid = [LinearVariant(bv, 2, 0, bk, st) for bv in (32, 64) for bk in (32, 64) for st in (2, 3)]
     elif part == "state":
@@ -173,7 +175,10 @@ def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str =
         grid = [LinearVariant(bv, 8, 0) for bv in (64, 128)]
     else:
         grid = []
-    tiles_of = lambda v: (v.block_v, v.block_k, v.stages)  # noqa: E731  (what makes a task)
+
+    def tiles_of(v):  # what makes a task: the tiles, the pipeline, and the delta state's compute form
+        return v.block_v, v.block_k, v.stages, rule == "delta" and delta_state_vt(v.block_v, v.warps)
+
     out = [default]
     for v in grid:  # a variant differing from another only in its default warp decision is the same task
         if all(tiles_of(v) != tiles_of(o) for o in out):
@@ -368,7 +373,6 @@ class _Fragments:
         self.sch, self.intrin = sch, mma_intrins(dtype)
         self.variant, self.tunable = variant, tunable
         self.nw = None  # the warp count, sampled by the first product (give it the fewest warp tiles)
-        self.warps_divide = 0  # when set, the warp count must divide it too (a later product's tiles)
         self.tiles = 0
         self.laid_out: set[str] = set()  # fragment buffers already in the fragment layout
         self.split: dict[str, str] = {}  # fragment buffer -> "rows" | "cols" (how warps share it)
@@ -391,14 +395,8 @@ class _Fragments:
         if self.nw is None:  # the warp-count knob: a perfect tiling of this product's warp tiles
             self.tiles = int(sch.get(split).extent)
             warps = min(self.variant.warps, self.tiles)
-            if self.warps_divide:  # the divisors of both tile counts (a categorical: every mutation valid)
-                choices = [d for d in range(1, self.tiles + 1) if self.tiles % d == 0 == self.warps_divide % d]
-                assert warps in choices, (warps, choices)
-                self.nw = sch.sample_categorical(choices, [1 / len(choices)] * len(choices),
-                                                 decision=None if self.tunable else choices.index(warps))
-            else:
-                self.nw, _ = sch.sample_perfect_tile(split, n=2, max_innermost_factor=self.tiles,
-                                                     decision=None if self.tunable else [warps, self.tiles // warps])
+            self.nw, _ = sch.sample_perfect_tile(split, n=2, max_innermost_factor=self.tiles,
+                                                 decision=None if self.tunable else [warps, self.tiles // warps])
         w, inner = sch.split(split, [self.nw, None])
         if by == "rows":
             sch.reorder(w, inner, j, k)
@@ -556,49 +554,50 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
         sch.storage_align(sch.get_sblock("T_cast"), buf, axis=-2, factor=32, offset=8)
 
 
+def delta_state_vt(block_v: int, warps: int) -> bool:
+    """Whether a delta-rule state tile forms V' transposed, in registers (``split.state``'s ``vt``): when
+    its default warp count divides its 16-row value tiles, so warps own value tiles of every product
+    (tuning samples the warp count among those divisors)."""
+    return (block_v // 16) % warps == 0
+
+
 def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule the split form's state kernel: one CTA per (sequence, head, value tile[, key tile]) walks
     the chunks with the fp32 state (transposed) in registers; the tiles of the next ``variant.stages``
     chunks are fetched by cp.async while one computes. Per chunk: the state rounded once into shared
-    memory (h[c], stored with 16-byte vectors, and the delta rule's B operand), W·odt(S) (delta; warps
-    own its 16-row tiles), then Sᵀ += Vdᵀ K on tensor cores, Vdᵀ (the A operand) in registers: with the
-    add rule warps own 16-row (value) tiles of Sᵀ and each loads its rows of Vᵀ (ldmatrix.trans) and
-    decays them; with the delta rule they own 16-row tiles too when there are enough (else 16-column
-    (key) tiles, each computing all of Vdᵀ).
+    memory (h[c], stored with 16-byte vectors), then Sᵀ += Vdᵀ K on tensor cores, Vdᵀ (the A operand) in
+    registers. Add rule: warps own 16-row (value) tiles of Sᵀ and each loads its rows of Vᵀ
+    (ldmatrix.trans) and decays them. Delta rule: where warps can own value tiles, V' is formed in
+    registers (``_apply_delta_state_vt``); else (the default's single 16-wide value tile) W·odt(S) reads
+    the rounded state from shared memory, warps own its 16-row tiles, V' passes through shared memory in
+    fp32 and the update's warps own 16-column (key) tiles, each computing all of Vdᵀ.
     (Nsight Compute, H200, 2 warps per CTA: the kernel is bound by each warp's instruction issue, so
     work that every warp repeated cost time directly.)"""
     n, h, jv, jk = sch.get_loops("tile")
     sch.bind(sch.fuse(jv, jk), "blockIdx.x")
     sch.bind(h, "blockIdx.y")
     sch.bind(n, "blockIdx.z")
-    delta = _has(sch, "WS_gemm")
     c_loop = sch.get_loops("K_load")[-3]
+    if _has(sch, "Y_store"):  # the delta rule with V'ᵀ = Uᵀ − Y Wᵀ in registers (``split.state``'s vt)
+        _apply_delta_state_vt(sch, variant, dtype, tunable, c_loop)
+        return
+    delta = _has(sch, "WS_gemm")
     fr = _Fragments(sch, dtype, variant, tunable)
     # the product with the fewest warp tiles first: it samples the warp count, which divides both
     ws_first = delta and (int(sch.get(sch.get_loops("WS_gemm")[-3]).extent)
                           <= int(sch.get(sch.get_loops("S_gemm")[-2]).extent))
-    # warps own 16-row (value) tiles of Sᵀ, so each decays only its own rows of Vdᵀ (the add rule: its
-    # rows of Vᵀ; the delta rule: its columns of V', fp32, shared). A delta-rule tile with fewer value
-    # tiles than warps (the default's 16 wide) is split by 16-column (key) tiles instead, every warp
-    # computing all of Vdᵀ: on the 64-wide tile (4 warps) that replicated pass was most of a warp's
-    # instructions per chunk (Nsight Compute, H200). Split by value tiles, the warp count that W·S
-    # samples must divide them as well
-    add = _has(sch, "Vt_load")
-    value_tiles = int(sch.get(sch.get_loops("S_gemm")[-3]).extent) // 16
-    by_rows = add or (ws_first and value_tiles >= variant.warps)
     if ws_first:
-        fr.warps_divide = value_tiles if by_rows else 0
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
-    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="rows" if by_rows else "cols")
+    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="cols" if delta else "rows")
     if delta and not ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
     loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
     threads_max = 32 * fr.tiles
     for name in loads:
         _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
-    if add:  # Vᵀ by ldmatrix.trans, each warp its own rows, then decayed in the registers
+    if not delta:  # Vᵀ by ldmatrix.trans, each warp its own rows, then decayed in the registers
         fr.load_transposed("Vt_load", buf="Vt_w")
-    fr.elementwise("V_decay", buf="Vd_w", replicate=not by_rows)
+    fr.elementwise("V_decay", buf="Vd_w", replicate=delta)
     for name in ("S_init", "S_cast", "ht_store"):
         if _has(sch, name):  # (the segment-local pass keeps no h, so it has no S_cast nor h_store)
             fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
@@ -611,6 +610,33 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
         fr.elementwise("Vn_form", buf="WS_w", in_place=True)
         fr.elementwise("Vn_calc", buf="WS_w", kind="read")
         _copy(sch, "vn_store", fr.nw, threads_max, align=False)
+    if variant.stages:
+        _pipeline(sch, c_loop, len(loads), variant.stages)
+
+
+def _apply_delta_state_vt(sch: Schedule, variant: LinearVariant, dtype: str, tunable: bool, c_loop) -> None:
+    """The delta rule's state kernel with V' formed transposed (``split.state``'s vt): warps own 16-row
+    value tiles of both products, so a chunk's steps chain in each warp's registers: Y = odt(Sᵀ) (A
+    operand) -> V'ᵀ = Uᵀ − Y Wᵀ -> Vdᵀ = odt(V'ᵀ ⊙ d) (A operand) -> Sᵀ = e^{b_C} Sᵀ + Vdᵀ K. Y and V' are
+    written to shared memory from the registers and copied out (h, vn) after the update."""
+    fr = _Fragments(sch, dtype, variant, tunable)
+    fr.gemm("WS_gemm", a="Y_w", b="W_s", b_nk=True, a_frag=True)  # samples the warps: divisors of the value tiles
+    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True)
+    loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
+    threads_max = 32 * fr.tiles
+    for name in loads:
+        _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
+    for name in ("S_init", "S_cast", "ht_store"):
+        fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
+    fr.elementwise("Y_store", buf="Y_w", kind="read")
+    if _has(sch, "S_decay"):
+        fr.elementwise("S_decay", buf="ST_w", in_place=True)
+    fr.elementwise("Vn_form", buf="WS_w", in_place=True)
+    fr.elementwise("Vn_calc", buf="WS_w", kind="read")
+    fr.elementwise("V_decay", buf="Vd_w")
+    for name, out in (("Y_store", "h_store"), ("Vn_calc", "vn_store")):
+        sch.storage_align(sch.get_sblock(name), 0, axis=-2, factor=32, offset=8)
+        _copy(sch, out, fr.nw, threads_max, align=False)
     if variant.stages:
         _pipeline(sch, c_loop, len(loads), variant.stages)
 

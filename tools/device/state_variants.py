@@ -3,7 +3,9 @@ tiling's default (``DEFAULT_SPLIT_VARIANTS``) through the public call, at the an
 K = V = 128), checked against the fp32 reference, timed against fla in the same process (GPU kernel time
 per call, ``bench.driver.kernel_time``). Tuned records are left out (every kernel runs its default
 decision), so the variants differ in the state kernel only. Writes $OUT/state_variants.json after every
-point.   python tools/device/state_variants.py [op,...] [stages,...]"""
+point. Extra variants with another default warp count: ``tiling:warps`` (``default:1``: the 16-wide tile
+with one warp, which then owns its value tile and forms V' in registers).
+    python tools/device/state_variants.py [op,...] [stages,...] [tiling:warps,...]"""
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +19,16 @@ from pathlib import Path
 OPS = sys.argv[1].split(",") if len(sys.argv) > 1 else ["gated_delta_rule", "delta_rule"]
 STAGES = [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else [0, 1, 2]
 TILINGS = {"": "state_delta", "v32": "state_v32", "v64": "state_v64"}  # dispatched tiling -> default's key
+# (tiling, default warp count or None: the shipped one)
+TILE_WARPS = [(t, None) for t in TILINGS] + [
+    ("" if t == "default" else t, int(w)) for t, w in (x.split(":") for x in sys.argv[3].split(","))
+] if len(sys.argv) > 3 else [(t, None) for t in TILINGS]
 OUT = Path(os.environ.get("OUT", ".")) / "state_variants.json"
 
 
-def force(tiling: str, stages: int | None):
-    """Make ``tiling`` the dispatched state tiling, at ``stages`` (None: as shipped); no tuned records."""
+def force(tiling: str, stages: int | None, warps: int | None = None):
+    """Make ``tiling`` the dispatched state tiling, at ``stages`` (None: as shipped) and ``warps`` (None:
+    the shipped default warp count); no tuned records."""
     from tvm_attn.ops.linear import build, torch_ops
     from tvm_attn.schedules import linear as sched
     from tvm_attn.tune import dispatch
@@ -32,7 +39,8 @@ def force(tiling: str, stages: int | None):
     key = TILINGS[tiling]
     sched.DEFAULT_SPLIT_VARIANTS.update(force.shipped)
     if stages is not None:
-        sched.DEFAULT_SPLIT_VARIANTS[key] = dataclasses.replace(force.shipped[key], stages=stages)
+        sched.DEFAULT_SPLIT_VARIANTS[key] = dataclasses.replace(force.shipped[key], stages=stages,
+                                                                warps=warps or force.shipped[key].warps)
     dispatch.lookup = lambda spec, tgt: None
     build._by_spec.clear()
     torch_ops.state_tiling = (lambda *a: tiling) if stages is not None else force.tiling
@@ -40,7 +48,7 @@ def force(tiling: str, stages: int | None):
 
 
 def combos():
-    return [(op, t, s) for op in OPS for t in TILINGS for s in STAGES]
+    return [(op, t, w, s) for op in OPS for t, w in TILE_WARPS for s in STAGES]
 
 
 def compile_one(c):
@@ -48,8 +56,8 @@ def compile_one(c):
 
     from tvm_attn.ops.linear import build
 
-    op, tiling, stages = c
-    name = force(tiling, stages)
+    op, tiling, warps, stages = c
+    name = force(tiling, stages, warps)
     t = time.time()
     try:
         build.get(build.LinearSpec(op, "chunk", 128, 128, "bfloat16", False, 64, "state", tiling),
@@ -83,8 +91,8 @@ def main():
             if not isinstance(fla, str):
                 row["fla_check"] = check_baseline(entry, fla, refs, "bfloat16")
                 row["fla_ms"] = kernel_time([fla], "cuda") * 1e3
-            for tiling, stages in [(t, s) for t in TILINGS for s in STAGES] + [(None, None)]:
-                name = "dispatched" if tiling is None else f"{tiling or 'default'} {force(tiling, stages)}"
+            for tiling, warps, stages in [(t, w, s) for t, w in TILE_WARPS for s in STAGES] + [(None, None, None)]:
+                name = "dispatched" if tiling is None else f"{tiling or 'default'} {force(tiling, stages, warps)}"
                 if tiling is None:
                     force("", None)
                 chk = check(entry, shape, inputs, entry.run(inputs, shape), refs)

@@ -44,12 +44,16 @@ class LinearSpec:
 
 # tile rows of the CPU parallel form (queries and keys per tile)
 CPU_PARALLEL_BLOCK = 64
+# the delta rule's state kernel on the CPU: V' formed transposed (``split.state``'s ``vt``), as CUDA
+# tiles whose warps own value tiles form it; the tests run the other form too
+CPU_DELTA_VT = True
 
 
 def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, block_k: int | None = None,
-              stages: int = 0):
+              stages: int = 0, vt: bool = True):
     """The unscheduled PrimFunc of ``spec`` (``block_k``, ``stages``: the key tile and the pipeline depth
-    of a split state kernel)."""
+    of a split state kernel; ``vt``: the delta rule's state kernel forms V' transposed, in registers,
+    ``split.state``)."""
     from . import compute
 
     st = spec.static
@@ -65,9 +69,11 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
         if spec.part == "cumsum":
             return split.gate_cumsum(st, chunk_size=spec.chunk)
         if spec.part in ("state", "state_local"):
-            local = {"local": True} if spec.part == "state_local" else {}
+            extra = {"local": True} if spec.part == "state_local" else {}
+            if st.rule == "delta":
+                extra["vt"] = vt
             return kernels_of.state(st, **kw, block_v=block_v, block_k=block_k, frag=scopes.frag, solve=scopes.solve,
-                                    min_chunks=stages, **local)
+                                    min_chunks=stages, **extra)
         if st.gate == "vector":
             kw["solve"] = scopes.solve
         return kernels_of.output(st, **kw, block_v=block_v, frag=scopes.frag)
@@ -83,14 +89,15 @@ def build_cpu(spec: LinearSpec):
     from ...schedules.linear import apply_cpu
     from .compute import Scopes
 
-    sch = _tvm.Schedule(make_func(spec, block_v=spec.value_dim, op_dtype="float32", scopes=Scopes()))
+    sch = _tvm.Schedule(make_func(spec, block_v=spec.value_dim, op_dtype="float32", scopes=Scopes(),
+                                  vt=CPU_DELTA_VT))
     apply_cpu(sch)
     return _tvm.compile_module(sch.mod, _tvm.cpu_target())
 
 
 def plan(spec: LinearSpec, tgt: DeviceTarget) -> Plan:
     if tgt.kind == "cpu":
-        return Plan("cpu", lambda: build_cpu(spec))
+        return Plan("cpu" if CPU_DELTA_VT else "cpu_delta_smem", lambda: build_cpu(spec))
     from .cuda import cuda_plan
 
     return cuda_plan(spec, tgt)

@@ -60,9 +60,12 @@ def cuda_func(spec: LinearSpec, variant):
     state and the products of the state and output kernels in mma register fragments."""
     from .compute import Scopes
 
+    from ...schedules.linear import delta_state_vt
+
     scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", frag="warp")
-    return make_func(spec, block_v=min(variant.block_v, spec.value_dim), op_dtype=None, scopes=scopes,
-                     block_k=split_block_k(spec, variant), stages=variant.stages)
+    block_v = min(variant.block_v, spec.value_dim)
+    return make_func(spec, block_v=block_v, op_dtype=None, scopes=scopes, block_k=split_block_k(spec, variant),
+                     stages=variant.stages, vt=delta_state_vt(block_v, variant.warps))
 
 
 def split_block_k(spec: LinearSpec, variant) -> int | None:

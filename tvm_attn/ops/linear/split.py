@@ -249,7 +249,7 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
 
 def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | None = None,
           op_dtype: str | None = None, smem: str = "global", acc: str = "global", frag: str = "global",
-          solve: str = "global", min_chunks: int = 1, local: bool = False):
+          solve: str = "global", min_chunks: int = 1, local: bool = False, vt: bool = True):
     """Build the PrimFunc ``main`` of the state pass. ``block_k`` (add rule only) tiles the state's rows:
     its rows never mix there, so key tiles are independent. ``frag``: the scope of the fp32 state and of
     the decayed values (register fragments, "warp", on CUDA); ``solve``: the per-thread scalar e^{b_C}
@@ -267,6 +267,13 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     pipeline of s stages needs a trip count it can prove >= s); the extra iterations of a short or
     empty sequence add nothing and store nothing.
 
+    ``vt`` (delta rule): V' is computed transposed, V'ᵀ = Uᵀ − Y Wᵀ, with Y = odt(Sᵀ) in ``frag`` as the
+    A operand, so V'ᵀ lands in the layout of Vdᵀ (the state update's A operand) and the chunk's products
+    chain in registers; Y and V' (rounded) go through shared memory only on their way out (h, vn). A
+    CUDA tile whose warps own value tiles (``schedules.linear``) takes it. Without it, W·Y reads Y from
+    shared memory and V' passes through it in fp32 (each warp owning key tiles of the state reads all
+    of V').
+
     ``local`` (add rule, varlen: part ``state_local``): the first pass of the state recurrence split
     along the sequence. Each tile walks one segment (rows ``seg_rows[p]``, whole chunks of a sequence)
     from a zero state and stores only where it ends, ``ht[p]``, and (gated) the segment's total log
@@ -278,11 +285,17 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     BK = block_k or K
     odt = op_dtype or dt
     gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
+    vt = vt and delta
     assert V % BV == 0 and K % BK == 0 and (BK == K or not delta)
     QB, NS, Tv, Hv, NCv = _axes(st)
     NTt = tirx.Var("NTt", "int32")
     zero = tirx.const(0.0, F32)
     one = tirx.const(1.0, F32)
+
+    def values(ws, vn_s, vt_w, j, i):  # the values the state update decays, at (value j, row i), fp32
+        if vt:
+            return ws[j, i]
+        return vn_s[i, j] if delta else T.Cast(F32, vt_w[j, i])
 
     @T.macro
     def seq(k, v, w, u, gc, h0, h, vn, ht, gt, bsel, vn_, vh, vv, vk0, bos, seq_len, cbase):
@@ -294,9 +307,11 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         W_s = T.sblock_alloc_buffer((C, K) if delta else (1, 1), odt, scope=smem)
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
         Y_s = T.sblock_alloc_buffer((1, 1) if local else (BV, BK), odt, scope=smem)  # odt(Sᵀ): h[c], W S's B
+        Y_w = T.sblock_alloc_buffer((BV, BK) if vt else (1, 1), odt, scope=frag)  # odt(Sᵀ): Y Wᵀ's A
         eC = T.sblock_alloc_buffer((1,), F32, scope=solve)  # the state's decay e^{b_C} (1 past the end)
-        WS_w = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=frag)
-        Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), F32, scope=acc)  # V' in fp32
+        # W·Y (C x BV), or with vt Y·Wᵀ (BV x C); then V' (or V'ᵀ) in place
+        WS_w = T.sblock_alloc_buffer(((BV, C) if vt else (C, BV)) if delta else (1, 1), F32, scope=frag)
+        Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), odt if vt else F32, scope=acc)  # V' on its way out
         Vd_w = T.sblock_alloc_buffer((BV, C), odt, scope=frag)  # decayed, masked values, transposed
         Vt_w = T.sblock_alloc_buffer((1, 1) if delta else (BV, C), odt, scope=frag)  # Vᵀ (add rule)
         gl = T.sblock_alloc_buffer((1,), F32, scope=solve)  # (local) the segment's log decay so far
@@ -333,12 +348,24 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                     with T.sblock("b_load"):
                         vc, vi = T.axis.remap("SS", [c, i])
                         b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
-            if not local:  # (the segment-local pass keeps no h: it has no Y)
+            if vt:  # Y in the registers (Y Wᵀ's A operand), and in shared memory for h[c]
                 with T.sblock("S_cast_scope"):  # (scope blocks: the fragment layout maps a block's own loops)
                     for j, kk in T.grid(BV, BK):
                         with T.sblock("S_cast"):
                             vj, vk = T.axis.remap("SS", [j, kk])
+                            Y_w[vj, vk] = T.Cast(odt, ST_w[vj, vk])
+                with T.sblock("Y_store_scope"):
+                    for j, kk in T.grid(BV, BK):
+                        with T.sblock("Y_store"):
+                            vj, vk = T.axis.remap("SS", [j, kk])
+                            Y_s[vj, vk] = Y_w[vj, vk]
+            elif not local:  # (the segment-local pass keeps no h: it has no Y)
+                with T.sblock("S_cast_scope"):
+                    for j, kk in T.grid(BV, BK):
+                        with T.sblock("S_cast"):
+                            vj, vk = T.axis.remap("SS", [j, kk])
                             Y_s[vj, vk] = T.Cast(odt, ST_w[vj, vk])
+            if not local and not vt:
                 for j, kk in T.grid(BV, BK):
                     with T.sblock("h_store"):
                         vc, vj, vk = T.axis.remap("SSS", [c, j, kk])
@@ -352,7 +379,22 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                     with T.sblock("g_acc"):
                         vc = T.axis.remap("S", [c])
                         gl[0] = gl[0] + T.Select(vc < n_c, b_s[C - 1], zero)
-            if delta:
+            if vt:  # V'ᵀ = Uᵀ − Y Wᵀ, in the registers
+                with T.sblock("WS_scope"):
+                    for j, i, kk in T.grid(BV, C, K):
+                        with T.sblock("WS_gemm"):
+                            vj, vi, vk = T.axis.remap("SSR", [j, i, kk])
+                            with T.init():
+                                WS_w[vj, vi] = zero
+                            WS_w[vj, vi] = WS_w[vj, vi] + T.Cast(F32, Y_w[vj, vk]) * T.Cast(F32, W_s[vi, vk])
+                with T.sblock("Vn_form_scope"):
+                    for j, i, r in T.grid(BV, C, 1):
+                        with T.sblock("Vn_form"):  # in place, written as an extent-1 reduction (bindable)
+                            vj, vi, vr = T.axis.remap("SSR", [j, i, r])
+                            with T.init():
+                                WS_w[vj, vi] = T.Cast(F32, V_s[vi, vj]) - WS_w[vj, vi]
+                            WS_w[vj, vi] = WS_w[vj, vi]
+            elif delta:
                 with T.sblock("WS_scope"):
                     for i, j, kk in T.grid(C, BV, K):
                         with T.sblock("WS_gemm"):
@@ -394,12 +436,11 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         vj, vi = T.axis.remap("SS", [j, i])
                         if gated:  # d_i = e^{b_C − b_i} inside the sequence, 0 past its end (branch-free:
                             # a clamped row's gates are a real row's, so its exponent is finite and <= 0)
-                            Vd_w[vj, vi] = T.Cast(odt, (Vn_s[vi, vj] if delta else T.Cast(F32, Vt_w[vj, vi]))
-                                                  * (T.exp(b_s[C - 1] - b_s[vi])
-                                                     * T.Cast(F32, vc * C + vi < seq_len)))
+                            Vd_w[vj, vi] = T.Cast(odt, values(WS_w, Vn_s, Vt_w, vj, vi)
+                                                  * (T.exp(b_s[C - 1] - b_s[vi]) * T.Cast(F32, vc * C + vi < seq_len)))
                         else:
-                            Vd_w[vj, vi] = T.Cast(odt, T.Select(
-                                vc * C + vi < seq_len, Vn_s[vi, vj] if delta else T.Cast(F32, Vt_w[vj, vi]), zero))
+                            Vd_w[vj, vi] = T.Cast(odt, T.Select(vc * C + vi < seq_len, values(WS_w, Vn_s, Vt_w, vj, vi),
+                                                                zero))
             if gated:
                 with T.sblock("S_decay_scope"):
                     vc = T.axis.remap("S", [c])
@@ -416,6 +457,28 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         with T.init():
                             ST_w[vj, vk] = ST_w[vj, vk]
                         ST_w[vj, vk] = ST_w[vj, vk] + T.Cast(F32, Vd_w[vj, vl]) * T.Cast(F32, K_s[vl, vk])
+            if vt:  # V' rounded into shared memory; it and h[c] stored, after the update (off the chunk's
+                # critical path: TVM's barrier planner sees one pool of shared memory, so a write into it
+                # between the products would cost two barriers on that path)
+                with T.sblock("Vn_calc_scope"):
+                    for j, i in T.grid(BV, C):
+                        with T.sblock("Vn_calc"):
+                            vj, vi = T.axis.remap("SS", [j, i])
+                            Vn_s[vi, vj] = T.Cast(odt, WS_w[vj, vi])
+                with T.sblock("h_store_scope"):
+                    vc = T.axis.remap("S", [c])
+                    for j, kk in T.grid(BV, BK):
+                        with T.sblock("h_store"):
+                            vj, vk = T.axis.remap("SS", [j, kk])
+                            if vc < n_c:
+                                h[cbase + vc, vh, vv * BV + vj, vk0 * BK + vk] = Y_s[vj, vk]
+                with T.sblock("vn_store_scope"):
+                    vc = T.axis.remap("S", [c])
+                    for i, j in T.grid(C, BV):
+                        with T.sblock("vn_store"):
+                            vi, vj = T.axis.remap("SS", [i, j])
+                            if vc * C + vi < seq_len:
+                                vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = Vn_s[vi, vj]
         for j, kk in T.grid(BV, BK):
             with T.sblock("ht_store"):
                 vj, vk = T.axis.remap("SS", [j, kk])
