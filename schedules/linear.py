@@ -118,10 +118,11 @@ DEFAULT_SPLIT_VARIANTS = {
     "state_whole": LinearVariant(block_v=128, warps=8, unroll=0, block_k=128, stages=2),
     "state_delta": LinearVariant(block_v=16, warps=2, unroll=0, stages=2),
     # the delta rule with more (sequence, head) pairs (SPLIT_TILINGS "v32" / "v64"): wider value tiles,
-    # fewer re-reads of K and W per chunk, while their CTAs still fill the card (gated_delta_rule, bf16,
-    # K = V = 128: bench/results/h200/linear-delta-state-20261128.json)
+    # fewer re-reads of K and W per chunk, while their CTAs still fill the card; their warps own value
+    # tiles, so V' forms in registers (``delta_state_vt``). v64 with one chunk fetched ahead fits two CTAs
+    # per SM (bf16, K = V = 128, H200: bench/results/h200/linear-delta-state-vt-20261202.json)
     "state_v32": LinearVariant(block_v=32, warps=2, unroll=0, stages=2),
-    "state_v64": LinearVariant(block_v=64, warps=4, unroll=0, stages=2),
+    "state_v64": LinearVariant(block_v=64, warps=4, unroll=0, stages=1),
     "output": LinearVariant(block_v=128, warps=8, unroll=0),  # at most one warp per 16-row tile of the chunk
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
     # (bench/results/h200/linear-gla-kernels-20261128.json)
