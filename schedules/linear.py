@@ -23,11 +23,12 @@ CUDA:
   per (chunk, head)): K Kᵀ and its mask in registers, the solve one column per thread fully unrolled
   (the column in registers), Tm diag(β eᵇ)·K and Tm diag(β)·V; state (one CTA per (sequence, head,
   value tile[, key tile])): the transposed state in registers for the whole chunk loop, the next
-  chunks' tiles fetched by cp.async while this one computes (a software pipeline of ``stages``), W·S
-  (delta; warps own its 16-row tiles) and Vdᵀ·K on tensor cores. Add rule: warps own 16-row (value)
-  tiles of the state and load their rows of Vᵀ by ldmatrix.trans, decayed in registers (the decays
-  e^{b_C − b} computed in the lanes that hold them); delta rule: warps own 16-column (key) tiles and
-  every warp computes all of Vdᵀ from V' (fp32, shared). Two tilings of the add rule's kernel, picked
+  chunks' tiles fetched by cp.async while this one computes (a software pipeline of ``stages``), the
+  delta rule's W·S and Vdᵀ·K on tensor cores. Add rule: warps own 16-row (value) tiles of the state and
+  load their rows of Vᵀ by ldmatrix.trans, decayed in registers (the decays e^{b_C − b} computed in the
+  lanes that hold them); delta rule: where warps own value tiles, V'ᵀ = Uᵀ − odt(Sᵀ) Wᵀ in registers
+  (the rounded state an A operand, V'ᵀ in the layout of Vdᵀ), else (one value tile, 2 warps) warps own
+  16-column (key) tiles and every warp computes all of Vdᵀ from V' (fp32, shared). Two tilings of the add rule's kernel, picked
   per call by how many (sequence, head) pairs there are (``SPLIT_TILINGS``); output (one CTA per (chunk, head, value
   tile)): Q·h, Q Kᵀ and P·V, P passed to the last product in registers. Results that leave a kernel
   (h, V', W, U, O) go through shared memory and out as 16-byte row vectors (a register fragment holds
