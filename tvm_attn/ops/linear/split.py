@@ -297,6 +297,29 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
             return ws[j, i]
         return vn_s[i, j] if delta else T.Cast(F32, vt_w[j, i])
 
+    # the delta rule's W·Y: WS_w[a, b] = Σ_k A[a, k] B[b, k], A = W, B = Y; with vt its transpose, Y·Wᵀ
+    def ws_a(y_w, w_s):
+        return y_w if vt else w_s
+
+    def ws_b(w_s, y_s):
+        return w_s if vt else y_s
+
+    def u_at(u_s, a, b):  # U at WS_w's (a, b): (row, value), or with vt (value, row)
+        return u_s[b, a] if vt else u_s[a, b]
+
+    def in_odt(x):  # V' as stored: Vn_s holds it rounded already with vt, in fp32 without
+        return x if vt else T.Cast(odt, x)
+
+    @T.macro
+    def store_vn(c, vn, Vn_s, bsel, vh, vv, bos, seq_len):  # V' out of shared memory, rows inside the sequence
+        with T.sblock("vn_store_scope"):
+            vc = T.axis.remap("S", [c])
+            for i, j in T.grid(C, BV):
+                with T.sblock("vn_store"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    if vc * C + vi < seq_len:
+                        vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = in_odt(Vn_s[vi, vj])
+
     @T.macro
     def seq(k, v, w, u, gc, h0, h, vn, ht, gt, bsel, vn_, vh, vv, vk0, bos, seq_len, cbase):
         # the state's (key tile, value tile), transposed: Sᵀ = Vdᵀ K has the register operand Vdᵀ as its A
@@ -379,50 +402,31 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                     with T.sblock("g_acc"):
                         vc = T.axis.remap("S", [c])
                         gl[0] = gl[0] + T.Select(vc < n_c, b_s[C - 1], zero)
-            if vt:  # V'ᵀ = Uᵀ − Y Wᵀ, in the registers
+            if delta:  # W·Y (or with vt Y·Wᵀ), then V' = U − W Y (V'ᵀ) in place, in the registers
                 with T.sblock("WS_scope"):
-                    for j, i, kk in T.grid(BV, C, K):
+                    for a, b, kk in T.grid(*WS_w.shape, K):
                         with T.sblock("WS_gemm"):
-                            vj, vi, vk = T.axis.remap("SSR", [j, i, kk])
+                            va, vb, vk = T.axis.remap("SSR", [a, b, kk])
                             with T.init():
-                                WS_w[vj, vi] = zero
-                            WS_w[vj, vi] = WS_w[vj, vi] + T.Cast(F32, Y_w[vj, vk]) * T.Cast(F32, W_s[vi, vk])
+                                WS_w[va, vb] = zero
+                            WS_w[va, vb] = WS_w[va, vb] + (T.Cast(F32, ws_a(Y_w, W_s)[va, vk])
+                                                           * T.Cast(F32, ws_b(W_s, Y_s)[vb, vk]))
                 with T.sblock("Vn_form_scope"):
-                    for j, i, r in T.grid(BV, C, 1):
+                    for a, b, r in T.grid(*WS_w.shape, 1):
                         with T.sblock("Vn_form"):  # in place, written as an extent-1 reduction (bindable)
-                            vj, vi, vr = T.axis.remap("SSR", [j, i, r])
+                            va, vb, vr = T.axis.remap("SSR", [a, b, r])
                             with T.init():
-                                WS_w[vj, vi] = T.Cast(F32, V_s[vi, vj]) - WS_w[vj, vi]
-                            WS_w[vj, vi] = WS_w[vj, vi]
-            elif delta:
-                with T.sblock("WS_scope"):
-                    for i, j, kk in T.grid(C, BV, K):
-                        with T.sblock("WS_gemm"):
-                            vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
-                            with T.init():
-                                WS_w[vi, vj] = zero
-                            WS_w[vi, vj] = WS_w[vi, vj] + T.Cast(F32, W_s[vi, vk]) * T.Cast(F32, Y_s[vj, vk])
-                # V' = U − W S in the registers, then to shared memory: a pass that read and wrote shared
-                # memory would get a barrier per element (TVM pools the shared buffers before placing them)
-                with T.sblock("Vn_form_scope"):
-                    for i, j, r in T.grid(C, BV, 1):
-                        with T.sblock("Vn_form"):  # in place, written as an extent-1 reduction (bindable)
-                            vi, vj, vr = T.axis.remap("SSR", [i, j, r])
-                            with T.init():
-                                WS_w[vi, vj] = T.Cast(F32, V_s[vi, vj]) - WS_w[vi, vj]
-                            WS_w[vi, vj] = WS_w[vi, vj]
+                                WS_w[va, vb] = T.Cast(F32, u_at(V_s, va, vb)) - WS_w[va, vb]
+                            WS_w[va, vb] = WS_w[va, vb]
+            if delta and not vt:
+                # V' to shared memory from the registers: a pass that read and wrote shared memory would
+                # get a barrier per element (TVM pools the shared buffers before placing them)
                 with T.sblock("Vn_calc_scope"):
                     for i, j in T.grid(C, BV):
                         with T.sblock("Vn_calc"):
                             vi, vj = T.axis.remap("SS", [i, j])
                             Vn_s[vi, vj] = WS_w[vi, vj]
-                with T.sblock("vn_store_scope"):
-                    vc = T.axis.remap("S", [c])
-                    for i, j in T.grid(C, BV):
-                        with T.sblock("vn_store"):
-                            vi, vj = T.axis.remap("SS", [i, j])
-                            if vc * C + vi < seq_len:
-                                vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = T.Cast(odt, Vn_s[vi, vj])
+                store_vn(c, vn, Vn_s, bsel, vh, vv, bos, seq_len)
             if not delta:  # Vᵀ into the A operand's registers as it is (on CUDA: ldmatrix.trans)
                 with T.sblock("Vt_scope"):
                     for i, j in T.grid(C, BV):
@@ -472,13 +476,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                             vj, vk = T.axis.remap("SS", [j, kk])
                             if vc < n_c:
                                 h[cbase + vc, vh, vv * BV + vj, vk0 * BK + vk] = Y_s[vj, vk]
-                with T.sblock("vn_store_scope"):
-                    vc = T.axis.remap("S", [c])
-                    for i, j in T.grid(C, BV):
-                        with T.sblock("vn_store"):
-                            vi, vj = T.axis.remap("SS", [i, j])
-                            if vc * C + vi < seq_len:
-                                vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = Vn_s[vi, vj]
+                store_vn(c, vn, Vn_s, bsel, vh, vv, bos, seq_len)
         for j, kk in T.grid(BV, BK):
             with T.sblock("ht_store"):
                 vj, vk = T.axis.remap("SS", [j, kk])
