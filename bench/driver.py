@@ -331,15 +331,16 @@ def write_json(result: dict, out: Path) -> Path:
     folder = out / key
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"bench-{stamp}.json"
-    replace_json(result, path)
+    write_json_atomic(result, path)
     return path
 
 
-def replace_json(obj, path: Path) -> None:
-    """Write ``obj`` to ``path`` atomically (a reader, or a run killed mid-write, never sees half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def write_json_atomic(obj, path: Path) -> None:
+    """``obj`` as JSON at ``path``, written atomically (``tune.records.write_atomic``: a reader, or a run
+    killed mid-write, never sees half a file)."""
+    from tvm_attn.tune.records import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=1))
 
 
 def write(result: dict, out: Path) -> Path:

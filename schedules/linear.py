@@ -558,7 +558,7 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
 
 def delta_state_vt(block_v: int, warps: int) -> bool:
     """Whether a delta-rule state tile forms V' transposed, in registers (``split.state``'s ``vt``): when
-    its default warp count divides its 16-row value tiles, so warps own value tiles of every product
+    its default warp count divides the number of its 16-row value tiles, so warps own value tiles of every product
     (tuning samples the warp count among those divisors)."""
     return (block_v // 16) % warps == 0
 

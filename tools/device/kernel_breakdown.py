@@ -13,7 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.baselines import BASELINES
-from bench.driver import provenance, replace_json
+from bench.driver import provenance, write_json_atomic
 from tvm_attn import registry
 
 OPS = sys.argv[1].split(",") if len(sys.argv) > 1 else ["gated_delta_rule"]
@@ -58,9 +58,9 @@ def main():
                 ks = row.get(side, [])
                 print(f"{op} ({shape['B']}, {shape['T']}) {side}: total {sum(k['us'] for k in ks):.1f} us: "
                       + ", ".join(f"{k['kernel'][:40]} {k['us']:.1f}" for k in ks), flush=True)
-            replace_json(res, OUT)  # after every row: a run cut by its timeout keeps what it measured
+            write_json_atomic(res, OUT)  # after every row: a run cut by its timeout keeps what it measured
     res["complete"] = True
-    replace_json(res, OUT)
+    write_json_atomic(res, OUT)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ OPS = sys.argv[1].split(",") if len(sys.argv) > 1 else ["gated_delta_rule", "del
 STAGES = [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else [0, 1, 2]
 TILINGS = {"": "state_delta", "v32": "state_v32", "v64": "state_v64"}  # dispatched tiling -> default's key
 # (tiling, default warp count or None: the shipped one)
-TILE_WARPS = [(t, None) for t in TILINGS] + [
-    ("" if t == "default" else t, int(w)) for t, w in (x.split(":") for x in sys.argv[3].split(","))
-] if len(sys.argv) > 3 else [(t, None) for t in TILINGS]
+EXTRA = sys.argv[3].split(",") if len(sys.argv) > 3 else []
+TILE_WARPS = [(t, None) for t in TILINGS] + [("" if t == "default" else t, int(w))
+                                             for t, w in (x.split(":") for x in EXTRA)]
 OUT = Path(os.environ.get("OUT", ".")) / "state_variants.json"
 
 
@@ -71,7 +71,7 @@ def main():
     import torch
 
     from bench.baselines import BASELINES
-    from bench.driver import check, check_baseline, kernel_time, provenance, reference, replace_json
+    from bench.driver import check, check_baseline, kernel_time, provenance, reference, write_json_atomic
     from tvm_attn import registry
 
     t0 = time.time()
@@ -102,11 +102,11 @@ def main():
             result["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("op", "B", "T", "ms")} | {"fla_ms": row.get("fla_ms")}),
                   flush=True)
-            replace_json(result, OUT)
+            write_json_atomic(result, OUT)
             del inputs, refs
             torch.cuda.empty_cache()
     result["complete"] = True
-    replace_json(result, OUT)
+    write_json_atomic(result, OUT)
 
 
 if __name__ == "__main__":

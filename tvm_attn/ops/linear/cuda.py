@@ -58,9 +58,8 @@ def cuda_schedule(spec: LinearSpec, variant=None, *, tunable: bool = False):
 def cuda_func(spec: LinearSpec, variant):
     """The unscheduled CUDA function of a split kernel (``spec.part``) built with ``variant``'s tiles: the
     state and the products of the state and output kernels in mma register fragments."""
-    from .compute import Scopes
-
     from ...schedules.linear import delta_state_vt
+    from .compute import Scopes
 
     scopes = Scopes(tile="shared.dyn", acc="shared.dyn", solve="local", frag="warp")
     block_v = min(variant.block_v, spec.value_dim)
