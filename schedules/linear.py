@@ -28,8 +28,8 @@ CUDA:
   load their rows of Vᵀ by ldmatrix.trans, decayed in registers (the decays e^{b_C − b} computed in the
   lanes that hold them); delta rule: where warps own value tiles, V'ᵀ = Uᵀ − odt(Sᵀ) Wᵀ in registers
   (the rounded state an A operand, V'ᵀ in the layout of Vdᵀ), else (one value tile, 2 warps) warps own
-  16-column (key) tiles and every warp computes all of Vdᵀ from V' (fp32, shared). Two tilings of the add rule's kernel, picked
-  per call by how many (sequence, head) pairs there are (``SPLIT_TILINGS``); output (one CTA per (chunk, head, value
+  16-column (key) tiles and every warp computes all of Vdᵀ from V' (fp32, shared). Two tilings of the
+  add rule's kernel, picked per call by how many (sequence, head) pairs there are (``SPLIT_TILINGS``); output (one CTA per (chunk, head, value
   tile)): Q·h, Q Kᵀ and P·V, P passed to the last product in registers. Results that leave a kernel
   (h, V', W, U, O) go through shared memory and out as 16-byte row vectors (a register fragment holds
   2-element pieces of 8 rows: stored directly they cost 4x the L2 sectors, which bounded the state
@@ -558,8 +558,8 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
 
 def delta_state_vt(block_v: int, warps: int) -> bool:
     """Whether a delta-rule state tile forms V' transposed, in registers (``split.state``'s ``vt``): when
-    its default warp count divides the number of its 16-row value tiles, so warps own value tiles of every product
-    (tuning samples the warp count among those divisors)."""
+    its default warp count divides the number of its 16-row value tiles, so warps own value tiles of
+    every product (tuning samples the warp count among those divisors)."""
     return (block_v // 16) % warps == 0
 
 
