@@ -689,18 +689,17 @@ def apply_cuda_chunk_output_gla(sch: Schedule, variant: LinearVariant, dtype: st
     # the scaled keys, 8 per thread and step: their rows of k and b read from global memory as 16-byte
     # vectors into registers (every step's loads can be in flight together: no barrier between steps),
     # computed there and stored as one 16-byte vector
-    kr = sch.get_sblock("Kr_calc")
-    f = sch.fuse(*sch.get_loops(kr)[-2:])
+    wb = sch.get_sblock("Kr_store")
+    f = sch.fuse(*sch.get_loops(wb)[-2:])
     steps, ty, tx, vv = sch.split(f, [None, fr.nw, 32, 8])
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
-    for name in ("Kr_k", "Kr_b", "Kr_ref"):
+    for name in ("Kr_calc", "Kr_k", "Kr_b", "Kr_ref"):
         sch.compute_at(sch.get_sblock(name), tx)
-        sch.vectorize(sch.get_loops(name)[-1])
-    wb = sch.cache_write(kr, 0, "local")
-    sch.reverse_compute_at(wb, tx)
-    sch.unroll(vv)
-    sch.vectorize(sch.get_loops(wb)[-1])
+        if name != "Kr_calc":
+            sch.vectorize(sch.get_loops(name)[-1])
+    sch.unroll(sch.get_loops("Kr_calc")[-1])
+    sch.vectorize(vv)
     sch.unroll(steps)
     sch.storage_align(wb, 0, axis=-2, factor=32, offset=8)
     fr.elementwise("Qg_calc", buf="Qg_w")

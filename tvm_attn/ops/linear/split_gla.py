@@ -150,18 +150,36 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     """Build the PrimFunc ``main`` of gla's output pass, per (chunk, head, value tile):
 
         Qg = odt(Q ⊙ eᵇ);  O = Qg h[c]                                    (tensor cores)
-        Qr = odt(Q ⊙ e^{b − b_r(i)}),  Kr[s] = odt(K ⊙ e^{b_{16s} − b}) (rows < 16s, 0 elsewhere)
+        Qr = odt(Q ⊙ e^{b − b_r(i)}),  Kr[s] = odt(K ⊙ e^{b_{16s} − b}) (rows < 16s, unset elsewhere)
         A[i, j] = Σ_k Qr[i, k] Kr[i // 16][j, k]                          (tensor cores; j < r(i))
         A[i, j] = Σ_k q_ik k_jk e^{b_ik − b_jk}   on the diagonal 16x16 blocks, j ≤ i (fp32, exact)
         O += odt(A ⊙ [j ≤ i]) V;  stored as scale · O
 
-    (r(i) = 16 (i // 16), the first row of i's sub-chunk). The products stay in ``frag`` (registers on
-    CUDA); the tile leaves through shared memory (``O_s``) as whole rows."""
+    (r(i) = 16 (i // 16), the first row of i's sub-chunk). Only the rows of Kr[s] that A's sub-chunks
+    before s read are computed, 16 s of its C (96 of 4 x 64 at chunk 64); A's products over the others
+    land in the diagonal blocks, which are computed afresh, and above them, where P is 0 (a select:
+    whatever they hold). The products stay in ``frag`` (registers on CUDA); the tile leaves through
+    shared memory (``O_s``) as whole rows."""
     _check(st)
     K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
     odt = op_dtype or dt
     assert V % BV == 0 and C % SUB == 0
     NB = C // SUB
+    # the rows of Kr the scores read, packed: 16 s for sub-chunk s (with one sub-chunk none: C rows that
+    # only the diagonal block's products read, which it computes afresh)
+    NR = SUB * NB * (NB - 1) // 2 if NB > 1 else C
+
+    def first(s):  # sub-chunk s's first packed row (s >= 1)
+        return SUB * s * (s - 1) // 2
+
+    def sub_of(r):  # the sub-chunk packed row r scales for
+        if NB == 1:
+            return tirx.const(0, "int32")
+        return 1 + sum((T.Cast("int32", r >= first(s)) for s in range(2, NB)), tirx.const(0, "int32"))
+
+    def row_of(r):  # the chunk row of packed row r
+        return r - first(sub_of(r)) if NB > 1 else r
+
     zero = tirx.const(0.0, F32)
     tail = _output_tail(st, chunk_size=C, block_v=BV)
 
@@ -173,9 +191,10 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         H_s = T.sblock_alloc_buffer((K, BV), odt, scope=smem)  # h[c]
         V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)
         Kr_s = T.sblock_alloc_buffer((NB * C, K), odt, scope=smem)  # the keys scaled for each query sub-chunk
-        Kr_kl = T.sblock_alloc_buffer((NB * C, K), dt, scope=solve)  # its operands: k, b, the reference b
-        Kr_bl = T.sblock_alloc_buffer((NB * C, K), F32, scope=solve)
-        Kr_rl = T.sblock_alloc_buffer((NB * C, K), F32, scope=solve)
+        Kr_kl = T.sblock_alloc_buffer((NR, K), dt, scope=solve)  # its operands: k, b, the reference b
+        Kr_bl = T.sblock_alloc_buffer((NR, K), F32, scope=solve)
+        Kr_rl = T.sblock_alloc_buffer((NR, K), F32, scope=solve)
+        Kr_v = T.sblock_alloc_buffer((NR, K), odt, scope=solve)  # the scaled keys, on their way to Kr_s
         Qg_w = T.sblock_alloc_buffer((C, K), odt, scope=frag)
         Qr_w = T.sblock_alloc_buffer((C, K), odt, scope=frag)
         O_w = T.sblock_alloc_buffer((C, BV), F32, scope=frag)
@@ -202,26 +221,31 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
             with T.sblock("V_load"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
-        # Kr row r: key r % C scaled for query sub-chunk r // C. Its operands are read from global memory
-        # (as the tiles are) into ``solve`` (registers on CUDA): computed from the shared tiles into
-        # shared memory, every step would need a barrier
-        for r, kk in T.grid(NB * C, K):
+        # packed row r: key row_of(r) scaled for query sub-chunk sub_of(r), Kr_s's row sub_of(r) C + row_of(r).
+        # Its operands are read from global memory (as the tiles are) into ``solve`` (registers on CUDA):
+        # computed from the shared tiles into shared memory, every step would need a barrier
+        for r, kk in T.grid(NR, K):
             with T.sblock("Kr_k"):
                 vr, vk = T.axis.remap("SS", [r, kk])
-                Kr_kl[vr, vk] = k[bsel, _clamped(bos, vc * C + vr % C, seq_len), vh, vk]
-        for r, kk in T.grid(NB * C, K):
+                Kr_kl[vr, vk] = k[bsel, _clamped(bos, vc * C + row_of(vr), seq_len), vh, vk]
+        for r, kk in T.grid(NR, K):
             with T.sblock("Kr_b"):
                 vr, vk = T.axis.remap("SS", [r, kk])
-                Kr_bl[vr, vk] = gc[bsel, _clamped(bos, vc * C + vr % C, seq_len), vh, vk]
-        for r, kk in T.grid(NB * C, K):
+                Kr_bl[vr, vk] = gc[bsel, _clamped(bos, vc * C + row_of(vr), seq_len), vh, vk]
+        for r, kk in T.grid(NR, K):
             with T.sblock("Kr_ref"):
                 vr, vk = T.axis.remap("SS", [r, kk])
-                Kr_rl[vr, vk] = gc[bsel, _clamped(bos, vc * C + vr // C * SUB, seq_len), vh, vk]
-        for r, kk in T.grid(NB * C, K):
+                Kr_rl[vr, vk] = gc[bsel, _clamped(bos, vc * C + sub_of(vr) * SUB, seq_len), vh, vk]
+        for r, kk in T.grid(NR, K):
             with T.sblock("Kr_calc"):
                 vr, vk = T.axis.remap("SS", [r, kk])
-                Kr_s[vr, vk] = T.Cast(odt, T.Select(
-                    vr % C < vr // C * SUB, T.Cast(F32, Kr_kl[vr, vk]) * T.exp(Kr_rl[vr, vk] - Kr_bl[vr, vk]), zero))
+                Kr_v[vr, vk] = T.Cast(odt, T.Cast(F32, Kr_kl[vr, vk]) * T.exp(Kr_rl[vr, vk] - Kr_bl[vr, vk]))
+        for r, kk in T.grid(NR, K):
+            with T.sblock("Kr_store"):  # (its region stated: the row it writes is not affine in r)
+                vr, vk = T.axis.remap("SS", [r, kk])
+                T.reads(Kr_v[vr, vk])
+                T.writes(Kr_s[0:NB * C, vk])
+                Kr_s[sub_of(vr) * C + row_of(vr), vk] = Kr_v[vr, vk]
         with T.sblock("Qg_calc_scope"):
             for i, kk in T.grid(C, K):
                 with T.sblock("Qg_calc"):
@@ -249,10 +273,10 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     A_w[vi, vj] = A_w[vi, vj] + T.Cast(F32, Qr_w[vi, vk]) * T.Cast(F32, Kr_s[vi // SUB * C + vj, vk])
         with T.sblock("A_diag_scope"):
             for s, i, j, kk in T.grid(NB, SUB, SUB, K):
-                # the diagonal blocks over the product's zeros, exact decay. Summed for every (i, j) of
-                # a block but its upper-right 8x8 quadrant (a condition on the register, not the lane),
-                # without a per-element branch (a lane's row and column operands are then loaded once
-                # per step for all its elements); terms above the diagonal are dropped by P_mask
+                # the diagonal blocks afresh (over what the product left there), exact decay. Summed for
+                # every (i, j) of a block but its upper-right 8x8 quadrant (a condition on the register,
+                # not the lane), without a per-element branch (a lane's row and column operands are then
+                # loaded once per step for all its elements); terms above the diagonal are dropped by P_mask
                 with T.sblock("A_diag"):
                     vs, vi, vj, vk = T.axis.remap("SSSR", [s, i, j, kk])
                     with T.init():
