@@ -128,6 +128,11 @@ DEFAULT_SPLIT_VARIANTS = {
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
     # (bench/results/h200/linear-gla-kernels-20261128.json)
     "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=3),
+    # gla with many (sequence, head) pairs: the whole 128 x 128 state per CTA, 8 warps, one chunk fetched
+    # ahead (160 KiB of shared memory): no re-reads of K, V and the gates across the pair's tiles
+    # (bench/results/h200/linear-gla-state-variants-20261202.json: (8, 2048) 0.640 ms for the op against
+    # 0.702 with the default's 8 tiles per pair)
+    "state_gla_many": LinearVariant(block_v=128, warps=8, unroll=0, block_k=128, stages=1),
     # the carry between the two passes of a segmented state recurrence: one thread per state element
     "carry": LinearVariant(block_v=0, warps=8, unroll=0),
     # the gates' chunk-local cumsum: one thread per (chunk, head[, key channel])
@@ -148,7 +153,7 @@ def default_split_variant(part: str, rule: str, gate: str = "scalar", tiles: str
             named = (*named, SEGMENT_TILING)
         if tiles not in named:
             raise ValueError(f"no tiling {tiles!r} for the {part} kernel of rule {rule!r}, gate {gate!r}")
-        return DEFAULT_SPLIT_VARIANTS[f"{part}_{tiles}"]
+        return DEFAULT_SPLIT_VARIANTS[f"{part}_gla_{tiles}" if gate == "vector" else f"{part}_{tiles}"]
     if part == "state" and (rule == "delta" or gate == "vector"):
         return DEFAULT_SPLIT_VARIANTS["state_delta" if rule == "delta" else "state_gla"]
     return DEFAULT_SPLIT_VARIANTS[part]
@@ -169,6 +174,9 @@ def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str =
         grid += [LinearVariant(16, 1, 0, 0, st) for st in (1, 2)]
     elif part == "state" and gate == "vector":
         grid = [LinearVariant(bv, 2, 0, bk, st) for bv in (32, 64) for bk in (32, 64) for st in (2, 3)]
+        # fewer, larger tiles (for many (sequence, head) pairs): 64 x 64 on 4 warps, 64 x 128 and 128 x 128
+        grid += [LinearVariant(64, 4, 0, 64, st) for st in (1, 2, 3)]
+        grid += [LinearVariant(bv, 8, 0, 128, 1) for bv in (64, 128)] + [LinearVariant(128, 4, 0, 64, 1)]
     elif part == "state":
         grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, bk, st)
                 for bv in (32, 64) for bk in (32, 64, 128) for st in (1, 2)]

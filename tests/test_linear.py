@@ -159,7 +159,8 @@ def test_split_chunk_against_reference(op: str):
         check(f"split {op} {s} {dtype}", op, "chunk", inp, chunk=64, dtype=dtype, split=True)
 
 
-@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("gated_delta_rule", "v32"), ("delta_rule", "v64")])
+@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("gla", "many"), ("gated_delta_rule", "v32"),
+                                      ("delta_rule", "v64")])
 def test_split_state_tilings_against_reference(op: str, tiles: str, monkeypatch):
     # the state kernel's wider tilings (picked on a GPU once their CTAs fill it), forced: dense with
     # K = V = 128 (several value tiles) and uneven varlen with K 64, fp32 and from bf16 inputs
@@ -213,7 +214,7 @@ def test_split_gla_strong_decay():
 def test_split_state_tiling_by_shape(monkeypatch):
     # the state kernel's widest tiling whose CTAs fill the card (>= 0.9 x 132 SMs: 119 CTAs), else the
     # default: the add rule's 8 small tiles per (sequence, head) or one 64 x 128 tile; the delta rule's
-    # value tiles of 16, 32 or 64 (8, 4 or 2 CTAs per pair); gla has one tiling
+    # value tiles of 16, 32 or 64 (8, 4 or 2 CTAs per pair); gla's 8 tiles of 64 x 32 or its whole state
     from tvm_attn.ops.linear import torch_ops
 
     monkeypatch.setattr(torch_ops, "_sm_count", lambda index: 132)
@@ -231,7 +232,8 @@ def test_split_state_tiling_by_shape(monkeypatch):
     assert tiling("delta_rule", 119, 1, 64, 64, cuda) == "v64"  # V = 64: the whole state per CTA, 119
     assert tiling("delta_rule", 60, 1, 64, 64, cuda) == "v32"  # 60 whole states: too few; 120 halves
     assert tiling("delta_rule", 40, 1, 64, 64, cuda) == ""  # 80 halves: too few
-    assert tiling("gla", 64, 64, 128, 128, cuda) == ""
+    assert tiling("gla", 8, 16, 128, 128, cuda) == "many"  # 128 whole states
+    assert tiling("gla", 4, 16, 128, 128, cuda) == ""  # 64: too few
     assert tiling("simple_gla", 64, 64, 128, 128, torch.device("cpu")) == ""
 
 
@@ -683,7 +685,7 @@ def test_cuda_against_reference(op: str, form: str):
 
 
 @requires_cuda
-@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("linear_attention", "many"),
+@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("linear_attention", "many"), ("gla", "many"),
                                       ("gated_delta_rule", "v32"), ("gated_delta_rule", "v64"), ("delta_rule", "v64")])
 def test_cuda_state_tiling_against_reference(op: str, tiles: str, monkeypatch):
     # the state kernel's wider tilings, forced (each is picked once its CTAs fill the card)
