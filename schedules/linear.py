@@ -129,7 +129,7 @@ DEFAULT_SPLIT_VARIANTS = {
     # (bench/results/h200/linear-gla-kernels-20261128.json)
     "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=3),
     # gla with many (sequence, head) pairs: the whole 128 x 128 state per CTA, 8 warps, one chunk fetched
-    # ahead (160 KiB of shared memory): no re-reads of K, V and the gates across the pair's tiles
+    # ahead (170 KiB of shared memory): no re-reads of K, V and the gates across the pair's tiles
     # (bench/results/h200/linear-gla-state-variants-20261202.json: (8, 2048) 0.640 ms for the op against
     # 0.702 with the default's 8 tiles per pair)
     "state_gla_many": LinearVariant(block_v=128, warps=8, unroll=0, block_k=128, stages=1),
