@@ -6,7 +6,6 @@ against fla's in the same process. Writes $OUT/gla_state_variants.json after eve
     python tools/device/gla_state_variants.py [bv:bk:warps:stages,...]"""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -25,11 +24,17 @@ def force(v):
     from tvm_attn.schedules import linear as sched
     from tvm_attn.tune import dispatch
 
-    bv, bk, warps, stages = v
-    sched.DEFAULT_SPLIT_VARIANTS["state_gla"] = sched.LinearVariant(bv, warps, 0, bk, stages)
+    sched.DEFAULT_SPLIT_VARIANTS["state_gla"] = variant_of(v)
     dispatch.lookup = lambda spec, tgt: None
     build._by_spec.clear()
-    return sched.DEFAULT_SPLIT_VARIANTS["state_gla"].key
+    return variant_of(v).key
+
+
+def variant_of(v):
+    from tvm_attn.schedules.linear import LinearVariant
+
+    bv, bk, warps, stages = v
+    return LinearVariant(bv, warps, 0, bk, stages)
 
 
 def compile_one(v):
@@ -47,11 +52,8 @@ def compile_one(v):
 
 
 def main():
-    import torch
-
-    from bench.baselines import BASELINES
-    from bench.driver import check, check_baseline, kernel_time, provenance, reference, write_json_atomic
-    from tvm_attn import registry
+    from bench.driver import provenance
+    from state_variants import measure  # (this script's folder is on sys.path)
 
     t0 = time.time()
     with Pool(min(14, os.cpu_count() or 4)) as p:
@@ -61,30 +63,8 @@ def main():
     print(f"compiled in {time.time() - t0:.0f} s", flush=True)
     result = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "compiled": built,
               "rows": [], "complete": False}
-    entry = registry.get("gla")
-    for shape in entry.shapes["anchors"]:
-        inputs = entry.make_inputs(shape, torch.bfloat16, "cuda", seed=0)
-        refs = reference(entry, shape, inputs)
-        row = {"op": "gla", "B": shape["B"], "T": shape["T"], "H": shape["H"], "ms": {}, "check": {}}
-        fla = BASELINES["fla"](entry, shape, inputs)
-        if not isinstance(fla, str):
-            row["fla_check"] = check_baseline(entry, fla, refs, "bfloat16")
-            row["fla_ms"] = kernel_time([fla], "cuda") * 1e3
-        for v in VARIANTS:
-            name = force(v)
-            if built.get(name, "").startswith("FAILED"):
-                continue
-            chk = check(entry, shape, inputs, entry.run(inputs, shape), refs)
-            row["check"][name] = chk
-            if chk["ok"]:
-                row["ms"][name] = kernel_time([lambda: entry.run(inputs, shape)], "cuda") * 1e3
-        result["rows"].append(row)
-        print(json.dumps({k: row[k] for k in ("B", "T", "ms")} | {"fla_ms": row.get("fla_ms")}), flush=True)
-        write_json_atomic(result, OUT)
-        del inputs, refs
-        torch.cuda.empty_cache()
-    result["complete"] = True
-    write_json_atomic(result, OUT)
+    ok = [v for v in VARIANTS if not built[variant_of(v).key].startswith("FAILED")]
+    measure(["gla"], [lambda v=v: force(v) for v in ok], result, OUT)
 
 
 if __name__ == "__main__":

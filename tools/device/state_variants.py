@@ -67,21 +67,18 @@ def compile_one(c):
         return f"{op} {tiling or 'default'} {name}: FAILED {type(e).__name__}: {str(e)[:300]}"
 
 
-def main():
+def measure(ops, variants, result: dict, out: Path) -> None:
+    """For each op and anchor shape (bf16): fla checked against the fp32 reference and timed, then each of
+    ``variants`` (callables that force a kernel variant and return its name) forced in turn, checked, and
+    timed where it passed (GPU kernel time per call of the op); rows into ``result``, written to ``out``
+    after every shape."""
     import torch
 
     from bench.baselines import BASELINES
-    from bench.driver import check, check_baseline, kernel_time, provenance, reference, write_json_atomic
+    from bench.driver import check, check_baseline, kernel_time, reference, write_json_atomic
     from tvm_attn import registry
 
-    t0 = time.time()
-    with Pool(min(14, os.cpu_count() or 4)) as p:
-        for line in p.imap_unordered(compile_one, combos()):
-            print(line, flush=True)
-    print(f"compiled in {time.time() - t0:.0f} s", flush=True)
-    result = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "rows": [],
-              "complete": False}
-    for op in OPS:
+    for op in ops:
         entry = registry.get(op)
         for shape in entry.shapes["anchors"]:
             inputs = entry.make_inputs(shape, torch.bfloat16, "cuda", seed=0)
@@ -91,10 +88,8 @@ def main():
             if not isinstance(fla, str):
                 row["fla_check"] = check_baseline(entry, fla, refs, "bfloat16")
                 row["fla_ms"] = kernel_time([fla], "cuda") * 1e3
-            for tiling, warps, stages in [(t, w, s) for t, w in TILE_WARPS for s in STAGES] + [(None, None, None)]:
-                name = "dispatched" if tiling is None else f"{tiling or 'default'} {force(tiling, stages, warps)}"
-                if tiling is None:
-                    force("", None)
+            for variant in variants:
+                name = variant()
                 chk = check(entry, shape, inputs, entry.run(inputs, shape), refs)
                 row["check"][name] = chk
                 if chk["ok"]:
@@ -102,11 +97,26 @@ def main():
             result["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("op", "B", "T", "ms")} | {"fla_ms": row.get("fla_ms")}),
                   flush=True)
-            write_json_atomic(result, OUT)
+            write_json_atomic(result, out)
             del inputs, refs
             torch.cuda.empty_cache()
     result["complete"] = True
-    write_json_atomic(result, OUT)
+    write_json_atomic(result, out)
+
+
+def main():
+    from bench.driver import provenance
+
+    t0 = time.time()
+    with Pool(min(14, os.cpu_count() or 4)) as p:
+        for line in p.imap_unordered(compile_one, combos()):
+            print(line, flush=True)
+    print(f"compiled in {time.time() - t0:.0f} s", flush=True)
+    result = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "rows": [],
+              "complete": False}
+    variants = [lambda t=t, w=w, s=s: f"{t or 'default'} {force(t, s, w)}" for t, w in TILE_WARPS for s in STAGES]
+    variants.append(lambda: (force("", None), "dispatched")[1])
+    measure(OPS, variants, result, OUT)
 
 
 if __name__ == "__main__":
