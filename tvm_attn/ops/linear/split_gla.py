@@ -169,7 +169,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     # only the diagonal block's products read, which it computes afresh)
     NR = SUB * NB * (NB - 1) // 2 if NB > 1 else C
 
-    def first(s):  # sub-chunk s's first packed row (s >= 1)
+    def first(s):  # sub-chunk s's first packed row (0 for s = 0 and 1)
         return SUB * s * (s - 1) // 2
 
     def sub_of(r):  # the sub-chunk packed row r scales for
@@ -178,7 +178,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         return 1 + sum((T.Cast("int32", r >= first(s)) for s in range(2, NB)), tirx.const(0, "int32"))
 
     def row_of(r):  # the chunk row of packed row r
-        return r - first(sub_of(r)) if NB > 1 else r
+        return r - first(sub_of(r))
 
     zero = tirx.const(0.0, F32)
     tail = _output_tail(st, chunk_size=C, block_v=BV)
