@@ -436,6 +436,22 @@ class _Fragments:
         sch.tensorize(sch.get_loops(name)[-3], self.intrin["mma_b_nk" if b_nk else "mma"])
         _bind_fragment_init(sch, f"{name}_init")
 
+    def load(self, name: str, *, buf: str) -> None:
+        """A copy ``buf[m, k] = shared[m, k]`` into the A fragments of a row-split product, one ldmatrix
+        per 16x16 tile; warps load the 16-row tiles they own."""
+        sch = self.sch
+        blk = sch.get_sblock(name)
+        self._layout(blk, "write", 0, buf)
+        m, k = sch.get_loops(blk)[-2:]
+        m0, m1 = sch.split(m, [None, 16])
+        k0, k1 = sch.split(k, [None, 16])
+        mw, m0 = sch.split(m0, [self.nw, None])
+        sch.reorder(mw, m0, k0, m1, k1)
+        sch.bind(mw, "threadIdx.y")
+        sch.unroll(m0)
+        sch.unroll(k0)
+        sch.tensorize(m1, self.intrin["load_a"])
+
     def load_transposed(self, name: str, *, buf: str) -> None:
         """A copy ``buf[m, k] = shared[k, m]`` (block loops k, m) into A fragments of the transpose, one
         ldmatrix.trans per 16x16 tile; warps load the 16-row tiles they own (``buf`` is the A operand of
@@ -540,10 +556,11 @@ def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, 
     sch.bind(ci, "blockIdx.x")
     sch.bind(h, "blockIdx.y")
     fr = _Fragments(sch, dtype, variant, tunable)
-    fr.gemm("A_gemm", a="Ka_s", b="K_s", b_nk=True)
+    fr.gemm("A_gemm", a="Ka_w", b="K_s", b_nk=True, a_frag=True)
+    fr.load("Ka_frag", buf="Ka_w")
     fr.gemm("W_gemm", a="Tk_s", b="K_s")
     fr.gemm("U_gemm", a="Tv_s", b="V_s")
-    for name in ("Ka_load", "K_load", "V_load", "b_load", "beta_load"):
+    for name in ("K_load", "V_load", "b_load", "beta_load"):
         if _has(sch, name):
             _copy(sch, name, fr.nw, 32 * fr.tiles, one_d=name in ("b_load", "beta_load"))
     fr.elementwise("L_mask", buf="A_w", in_place=True)

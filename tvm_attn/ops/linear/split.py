@@ -104,8 +104,8 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
 
     @T.macro
     def body(k, v, gc, beta, w, u, bsel, vh, vc, bos, seq_len):
-        Ka_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K as an A operand (K Kᵀ), then W stored
-        K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K as a B operand (K Kᵀ, Tm K)
+        K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)  # K (the operands of K Kᵀ, Tm K), then W stored
+        Ka_w = T.sblock_alloc_buffer((C, K), odt, scope=frag)  # K as K Kᵀ's A operand, in registers
         V_s = T.sblock_alloc_buffer((C, V), odt, scope=smem)  # V, then U stored
         b_s = T.sblock_alloc_buffer((C,) if gated else (1,), F32, scope=acc)
         beta_s = T.sblock_alloc_buffer((C,), F32, scope=acc)
@@ -117,10 +117,6 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
         Tv_s = T.sblock_alloc_buffer((C, C), odt, scope=smem)  # Tm diag(β)
         W_w = T.sblock_alloc_buffer((C, K), F32, scope=frag)
         U_w = T.sblock_alloc_buffer((C, V), F32, scope=frag)
-        for i, kk in T.grid(C, K):
-            with T.sblock("Ka_load"):
-                vi, vk = T.axis.remap("SS", [i, kk])
-                Ka_s[vi, vk] = k[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
         for i, kk in T.grid(C, K):
             with T.sblock("K_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
@@ -138,13 +134,17 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
             with T.sblock("beta_load"):
                 vi = T.axis.remap("S", [i])
                 beta_s[vi] = beta[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
+        for i, kk in T.grid(C, K):
+            with T.sblock("Ka_frag"):
+                vi, vk = T.axis.remap("SS", [i, kk])
+                Ka_w[vi, vk] = K_s[vi, vk]
         with T.sblock("A_scope"):
             for i, j, kk in T.grid(C, C, K):
                 with T.sblock("A_gemm"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
                     with T.init():
                         A_w[vi, vj] = zero
-                    A_w[vi, vj] = A_w[vi, vj] + T.Cast(F32, Ka_s[vi, vk]) * T.Cast(F32, K_s[vj, vk])
+                    A_w[vi, vj] = A_w[vi, vj] + T.Cast(F32, Ka_w[vi, vk]) * T.Cast(F32, K_s[vj, vk])
         with T.sblock("L_scope"):
             for i, j, r in T.grid(C, C, 1):
                 with T.sblock("L_mask"):  # L over K Kᵀ in place, as an extent-1 reduction (bindable)
@@ -182,17 +182,17 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
                     with T.init():
                         W_w[vi, vj] = zero
                     W_w[vi, vj] = W_w[vi, vj] + T.Cast(F32, Tk_s[vi, vl]) * T.Cast(F32, K_s[vl, vj])
-        # W and U leave through shared memory (Ka_s and V_s, no longer read), so their stores are rows
+        # W and U leave through shared memory (K_s and V_s, no longer read), so their stores are rows
         with T.sblock("W_cast_scope"):
             for i, kk in T.grid(C, K):
                 with T.sblock("W_cast"):
                     vi, vk = T.axis.remap("SS", [i, kk])
-                    Ka_s[vi, vk] = T.Cast(odt, W_w[vi, vk])
+                    K_s[vi, vk] = T.Cast(odt, W_w[vi, vk])
         for i, kk in T.grid(C, K):
             with T.sblock("W_store"):
                 vi, vk = T.axis.remap("SS", [i, kk])
                 if vc * C + vi < seq_len:
-                    w[bsel, bos + vc * C + vi, vh, vk] = Ka_s[vi, vk]
+                    w[bsel, bos + vc * C + vi, vh, vk] = K_s[vi, vk]
         with T.sblock("U_scope"):
             for i, j, l in T.grid(C, V, C):
                 with T.sblock("U_gemm"):
@@ -215,7 +215,7 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
             # planner (MergeSharedMemoryAllocations) re-lays out a reused buffer when it later coalesces
             # freed blocks, which once put two live buffers of this kernel on top of each other (W = 0 on
             # CUDA). Tk_s is dead here; the write only keeps the read from being removed.
-            Tk_s[0, 0] = T.Cast(odt, T.Cast(F32, Ka_s[0, 0]) + T.Cast(F32, K_s[0, 0]) + T.Cast(F32, V_s[0, 0]) + L_s[0, 0]
+            Tk_s[0, 0] = T.Cast(odt, T.Cast(F32, K_s[0, 0]) + T.Cast(F32, V_s[0, 0]) + L_s[0, 0]
                                 + T.Cast(F32, Tv_s[0, 0]) + beta_s[0] + (b_s[0] if gated else zero))
 
     @T.prim_func(s_tir=True)
