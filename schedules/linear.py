@@ -550,8 +550,9 @@ def _pipeline(sch: Schedule, loop, n_loads: int, stages: int) -> None:
 
 def apply_cuda_chunk_prep(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule the split form's prep kernel (delta rules): one CTA per (chunk, head); K Kᵀ, the mask,
-    Tm diag(β eᵇ) K and Tm diag(β) V on tensor cores with the products in registers; the triangular
-    solve one column per thread, fully unrolled so the column stays in registers."""
+    Tm diag(β eᵇ) K and Tm diag(β) V on tensor cores with the products in registers (K in shared memory
+    once: K Kᵀ's A operand comes from it into registers); the triangular solve one column per thread,
+    fully unrolled so the column stays in registers."""
     ci, h = sch.get_loops("tile")
     sch.bind(ci, "blockIdx.x")
     sch.bind(h, "blockIdx.y")
