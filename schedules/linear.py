@@ -436,38 +436,23 @@ class _Fragments:
         sch.tensorize(sch.get_loops(name)[-3], self.intrin["mma_b_nk" if b_nk else "mma"])
         _bind_fragment_init(sch, f"{name}_init")
 
-    def load(self, name: str, *, buf: str) -> None:
-        """A copy ``buf[m, k] = shared[m, k]`` into the A fragments of a row-split product, one ldmatrix
-        per 16x16 tile; warps load the 16-row tiles they own."""
+    def load(self, name: str, *, buf: str, transposed: bool = False) -> None:
+        """A copy ``buf[m, k] = shared[m, k]`` (block loops m, k) into the A fragments of a row-split
+        product, one ldmatrix per 16x16 tile, or with ``transposed`` ``buf[m, k] = shared[k, m]`` (block
+        loops k, m) by ldmatrix.trans; warps load the 16-row tiles they own."""
         sch = self.sch
         blk = sch.get_sblock(name)
         self._layout(blk, "write", 0, buf)
-        m, k = sch.get_loops(blk)[-2:]
+        outer, inner = sch.get_loops(blk)[-2:]
+        m, k = (inner, outer) if transposed else (outer, inner)
         m0, m1 = sch.split(m, [None, 16])
         k0, k1 = sch.split(k, [None, 16])
         mw, m0 = sch.split(m0, [self.nw, None])
-        sch.reorder(mw, m0, k0, m1, k1)
+        sch.reorder(mw, m0, k0, *((k1, m1) if transposed else (m1, k1)))
         sch.bind(mw, "threadIdx.y")
         sch.unroll(m0)
         sch.unroll(k0)
-        sch.tensorize(m1, self.intrin["load_a"])
-
-    def load_transposed(self, name: str, *, buf: str) -> None:
-        """A copy ``buf[m, k] = shared[k, m]`` (block loops k, m) into A fragments of the transpose, one
-        ldmatrix.trans per 16x16 tile; warps load the 16-row tiles they own (``buf`` is the A operand of
-        a row-split product)."""
-        sch = self.sch
-        blk = sch.get_sblock(name)
-        self._layout(blk, "write", 0, buf)
-        k, m = sch.get_loops(blk)[-2:]
-        k0, k1 = sch.split(k, [None, 16])
-        m0, m1 = sch.split(m, [None, 16])
-        mw, m0 = sch.split(m0, [self.nw, None])
-        sch.reorder(mw, m0, k0, k1, m1)
-        sch.bind(mw, "threadIdx.y")
-        sch.unroll(m0)
-        sch.unroll(k0)
-        sch.tensorize(k1, self.intrin["load_a_t"])
+        sch.tensorize(k1 if transposed else m1, self.intrin["load_a_t" if transposed else "load_a"])
 
     def elementwise(self, name: str, *, buf: str, kind: str = "write", in_place: bool = False,
                     replicate: bool = False) -> None:
@@ -624,7 +609,7 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     for name in loads:
         _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
     if not delta:  # Vᵀ by ldmatrix.trans, each warp its own rows, then decayed in the registers
-        fr.load_transposed("Vt_load", buf="Vt_w")
+        fr.load("Vt_load", buf="Vt_w", transposed=True)
     fr.elementwise("V_decay", buf="Vd_w", replicate=delta)
     for name in ("S_init", "S_cast", "ht_store"):
         if _has(sch, name):  # (the segment-local pass keeps no h, so it has no S_cast nor h_store)

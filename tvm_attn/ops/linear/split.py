@@ -22,7 +22,7 @@ On CUDA every matrix product keeps its result in registers (``frag``, mma fragme
 stays in registers across the whole chunk loop; the state kernel is written for Sᵀ (= Vdᵀ K), so the
 operand computed in registers (the decayed values) is the mma's A operand, the only one an mma takes
 from registers (``_tvm.mma_intrins``). Results that leave a kernel (h, V', W, U, O) are rounded once
-into shared memory and copied out in whole rows (``Y_s``, ``Vn_s``, ``Ka_s``/``V_s`` reused, ``O_s``).
+into shared memory and copied out in whole rows (``Y_s``, ``Vn_s``, ``K_s``/``V_s`` reused, ``O_s``).
 
 Scratch (allocated by the caller, in the operand dtype ``odt``): ``w`` [B, T, H, K] and ``u``
 [B, T, H, V] (prep → state), ``vn`` [B, T, H, V] (V', state → output), ``h`` [NTt, H, V, K] (each
