@@ -13,6 +13,6 @@ open(sys.argv[1], "wb").write(_tvm.compile_cuda_source(src, "sm_90a", "cubin"))
 PY
 )
 cuobjdump -sass $f.cubin > $f.sass
-grep -oE '^\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P[0-9T] )?[A-Z0-9_]+(\.[A-Z0-9_]+)*' $f.sass | awk '{print $NF}' | sed 's/\..*//' \
+grep -oE '^\s+/\*[0-9a-f]{4,6}\*/\s+(@!?U?P[0-9T] )?[A-Z0-9_]+(\.[A-Z0-9_]+)*' $f.sass | awk '{print $NF}' | sed 's/\..*//' \
   | sort | uniq -c | sort -rn > $f.txt
 echo "$TAG $PART: $(awk '{s+=$1} END {print s}' $f.txt) instructions; $(head -8 $f.txt | tr -s ' ' | tr '\n' ' ')"
