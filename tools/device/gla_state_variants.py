@@ -24,10 +24,11 @@ def force(v):
     from tvm_attn.schedules import linear as sched
     from tvm_attn.tune import dispatch
 
-    sched.DEFAULT_SPLIT_VARIANTS["state_gla"] = variant_of(v)
+    variant = variant_of(v)
+    sched.DEFAULT_SPLIT_VARIANTS["state_gla"] = variant
     dispatch.lookup = lambda spec, tgt: None
     build._by_spec.clear()
-    return variant_of(v).key
+    return variant.key
 
 
 def variant_of(v):
