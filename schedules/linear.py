@@ -492,6 +492,7 @@ class _Fragments:
         and of a column are read once per step for every element that shares them)."""
         sch = self.sch
         blk = sch.get_sblock(name)
+        self._layout(blk, "write", 0, buf)
         sch.transform_block_layout(blk, lambda s, i, j, r: (s, *fragment_map(i, j), r))
         s, lane, loc, r = sch.get_loops(blk)[-4:]
         sw, si = sch.split(s, [self.nw, None])
@@ -715,7 +716,7 @@ def apply_cuda_chunk_output_gla(sch: Schedule, variant: LinearVariant, dtype: st
     sch.storage_align(wb, 0, axis=-2, factor=32, offset=8)
     fr.elementwise("Qg_calc", buf="Qg_w")
     fr.elementwise("Qr_calc", buf="Qr_w")
-    fr.diagonal("A_diag", buf="A_w")
+    fr.diagonal("A_diag", buf="D_w")
     _output_tail(sch, fr)
 
 

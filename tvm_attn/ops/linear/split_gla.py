@@ -199,6 +199,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         Qr_w = T.sblock_alloc_buffer((C, K), odt, scope=frag)
         O_w = T.sblock_alloc_buffer((C, BV), F32, scope=frag)
         A_w = T.sblock_alloc_buffer((C, C), F32, scope=frag)
+        D_w = T.sblock_alloc_buffer((C, SUB), F32, scope=frag)  # A's diagonal 16x16 blocks, exact
         P_w = T.sblock_alloc_buffer((C, C), odt, scope=frag)
         O_s = T.sblock_alloc_buffer((C, BV), dt, scope=smem)  # the output tile, stored as 16-byte vectors
         for i, kk in T.grid(C, K):
@@ -217,10 +218,38 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
             with T.sblock("H_load"):
                 vk, vj = T.axis.remap("SS", [kk, j])
                 H_s[vk, vj] = h[cidx, vh, vk, vv * BV + vj]
-        for i, j in T.grid(C, BV):
-            with T.sblock("V_load"):
-                vi, vj = T.axis.remap("SS", [i, j])
-                V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
+        with T.sblock("Qg_calc_scope"):
+            for i, kk in T.grid(C, K):
+                with T.sblock("Qg_calc"):
+                    vi, vk = T.axis.remap("SS", [i, kk])
+                    Qg_w[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk]) * T.exp(G_s[vi, vk]))
+        with T.sblock("OH_scope"):
+            for i, j, kk in T.grid(C, BV, K):
+                with T.sblock("OH_gemm"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
+                    with T.init():
+                        O_w[vi, vj] = zero
+                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, Qg_w[vi, vk]) * T.Cast(F32, H_s[vk, vj])
+        with T.sblock("Qr_calc_scope"):
+            for i, kk in T.grid(C, K):
+                with T.sblock("Qr_calc"):
+                    vi, vk = T.axis.remap("SS", [i, kk])
+                    Qr_w[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk])
+                                          * T.exp(G_s[vi, vk] - G_s[vi // SUB * SUB, vk]))
+        with T.sblock("A_diag_scope"):
+            for s, i, j, kk in T.grid(NB, SUB, SUB, K):
+                # the diagonal blocks afresh (over what the product left there), exact decay. Summed for
+                # every (i, j) of a block but its upper-right 8x8 quadrant (a condition on the register,
+                # not the lane), without a per-element branch (a lane's row and column operands are then
+                # loaded once per step for all its elements); terms above the diagonal are dropped by P_mask
+                with T.sblock("A_diag"):
+                    vs, vi, vj, vk = T.axis.remap("SSSR", [s, i, j, kk])
+                    with T.init():
+                        D_w[vs * SUB + vi, vj] = zero
+                    D_w[vs * SUB + vi, vj] = D_w[vs * SUB + vi, vj] + T.if_then_else(
+                        vj // 8 <= vi // 8,
+                        T.Cast(F32, Q_s[vs * SUB + vi, vk]) * T.Cast(F32, K_s[vs * SUB + vj, vk])
+                        * T.exp(G_s[vs * SUB + vi, vk] - G_s[vs * SUB + vj, vk]), zero)
         # packed row r: key row_of(r) scaled for query sub-chunk sub_of(r), Kr_s's row sub_of(r) C + row_of(r).
         # Its operands are read from global memory (as the tiles are) into ``solve`` (registers on CUDA):
         # computed from the shared tiles into shared memory, every step would need a barrier
@@ -246,24 +275,10 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                 T.reads(Kr_v[vr, vk])
                 T.writes(Kr_s[0:NB * C, vk])
                 Kr_s[sub_of(vr) * C + row_of(vr), vk] = Kr_v[vr, vk]
-        with T.sblock("Qg_calc_scope"):
-            for i, kk in T.grid(C, K):
-                with T.sblock("Qg_calc"):
-                    vi, vk = T.axis.remap("SS", [i, kk])
-                    Qg_w[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk]) * T.exp(G_s[vi, vk]))
-        with T.sblock("OH_scope"):
-            for i, j, kk in T.grid(C, BV, K):
-                with T.sblock("OH_gemm"):
-                    vi, vj, vk = T.axis.remap("SSR", [i, j, kk])
-                    with T.init():
-                        O_w[vi, vj] = zero
-                    O_w[vi, vj] = O_w[vi, vj] + T.Cast(F32, Qg_w[vi, vk]) * T.Cast(F32, H_s[vk, vj])
-        with T.sblock("Qr_calc_scope"):
-            for i, kk in T.grid(C, K):
-                with T.sblock("Qr_calc"):
-                    vi, vk = T.axis.remap("SS", [i, kk])
-                    Qr_w[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk])
-                                          * T.exp(G_s[vi, vk] - G_s[vi // SUB * SUB, vk]))
+        for i, j in T.grid(C, BV):
+            with T.sblock("V_load"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
         with T.sblock("A_scope"):
             for i, j, kk in T.grid(C, C, K):
                 with T.sblock("A_gemm"):  # the sub-chunks before i's, keys scaled for i's sub-chunk
@@ -271,24 +286,11 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     with T.init():
                         A_w[vi, vj] = zero
                     A_w[vi, vj] = A_w[vi, vj] + T.Cast(F32, Qr_w[vi, vk]) * T.Cast(F32, Kr_s[vi // SUB * C + vj, vk])
-        with T.sblock("A_diag_scope"):
-            for s, i, j, kk in T.grid(NB, SUB, SUB, K):
-                # the diagonal blocks afresh (over what the product left there), exact decay. Summed for
-                # every (i, j) of a block but its upper-right 8x8 quadrant (a condition on the register,
-                # not the lane), without a per-element branch (a lane's row and column operands are then
-                # loaded once per step for all its elements); terms above the diagonal are dropped by P_mask
-                with T.sblock("A_diag"):
-                    vs, vi, vj, vk = T.axis.remap("SSSR", [s, i, j, kk])
-                    with T.init():
-                        A_w[vs * SUB + vi, vs * SUB + vj] = zero
-                    A_w[vs * SUB + vi, vs * SUB + vj] = A_w[vs * SUB + vi, vs * SUB + vj] + T.if_then_else(
-                        vj // 8 <= vi // 8,
-                        T.Cast(F32, Q_s[vs * SUB + vi, vk]) * T.Cast(F32, K_s[vs * SUB + vj, vk])
-                        * T.exp(G_s[vs * SUB + vi, vk] - G_s[vs * SUB + vj, vk]), zero)
         for i, j in T.grid(C, C):
             with T.sblock("P_mask"):
                 vi, vj = T.axis.remap("SS", [i, j])
-                P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj], zero))
+                P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, T.Select(vj // SUB == vi // SUB, D_w[vi, vj % SUB],
+                                                                      A_w[vi, vj]), zero))
         tail(P_w, V_s, O_w, O_s, o, scale, bsel, vh, vv, vc, bos, seq_len)
 
     return _keep_params(_output_main(st, chunk_size=C, block_v=BV, op_dtype=odt, body=body), signature(st, "output"))
