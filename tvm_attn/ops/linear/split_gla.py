@@ -158,8 +158,14 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
     (r(i) = 16 (i // 16), the first row of i's sub-chunk). Only the rows of Kr[s] that A's sub-chunks
     before s read are computed, 16 s of its C (96 of 4 x 64 at chunk 64); A's products over the others
     land in the diagonal blocks, which are computed afresh, and above them, where P is 0 (a select:
-    whatever they hold). The products stay in ``frag`` (registers on CUDA); the tile leaves through
-    shared memory (``O_s``) as whole rows."""
+    whatever they hold); the diagonal blocks are a fragment of their own (``D_w``), merged into P as it
+    is masked. The products stay in ``frag`` (registers on CUDA); the tile leaves through shared memory
+    (``O_s``) as whole rows.
+
+    In two phases, so that the shared tiles of the second reuse the first's memory (the planner reuses
+    by liveness): Q, K, the gates and h[c] loaded, Qg h, Qr and the diagonal blocks; then the scaled
+    keys and V, A, P V. At K = V = 128, chunk 64, 102 KiB instead of 187 with every tile live at once:
+    two CTAs per SM of an H100/H200."""
     _check(st)
     K, V, C, BV, dt = st.key_dim, st.value_dim, chunk_size, block_v, st.dtype
     odt = op_dtype or dt
