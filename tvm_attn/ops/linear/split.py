@@ -44,6 +44,16 @@ from .compute import F32, LinearStatic, _axes, _gate_shape, _keep_params
 PARTS = ("prep", "state", "output")
 
 
+LOG2E = 1.4426950408889634
+
+
+def _exp(x):
+    """e^x as 2^(x log2 e): on CUDA a multiply and the ex2 unit (exp2f: its approximation, relative error
+    about 2^-22, and a denormal fixup) instead of expf's ten-odd instructions of range reduction; the
+    kernels round what they compute from it to fp16/bf16 (or sum it in fp32)."""
+    return T.exp2(x * tirx.const(LOG2E, F32))
+
+
 def _clamped(bos, r, seq_len):
     """Row ``r`` of the sequence starting at ``bos``, clamped inside it; an empty sequence reads a row
     next to it (always in bounds: every use of such a row is masked)."""
@@ -151,7 +161,7 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
                     vi, vj, vr = T.axis.remap("SSR", [i, j, r])
                     with T.init():
                         A_w[vi, vj] = T.Select(vj < vi, beta_s[vi] * A_w[vi, vj]
-                                               * (T.exp(b_s[vi] - b_s[vj]) if gated else one), zero)
+                                               * (_exp(b_s[vi] - b_s[vj]) if gated else one), zero)
                     A_w[vi, vj] = A_w[vi, vj]
         for i, j in T.grid(C, C):
             with T.sblock("L_store"):
@@ -168,7 +178,7 @@ def prep(st: LinearStatic, *, chunk_size: int, op_dtype: str | None = None, smem
         for m in T.serial(C):
             with T.sblock("T_scale"):  # the column scales in registers: T_cast then reads no shared memory
                 vm = T.axis.remap("S", [m])
-                sc[vm, 0] = beta_s[vm] * (T.exp(b_s[vm]) if gated else one)
+                sc[vm, 0] = beta_s[vm] * (_exp(b_s[vm]) if gated else one)
                 sc[vm, 1] = beta_s[vm]
         for m, i in T.grid(C, C):
             with T.sblock("T_cast"):
@@ -397,7 +407,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
             if gated:
                 with T.sblock("e_calc"):
                     vc = T.axis.remap("S", [c])
-                    eC[0] = T.Select(vc < n_c, T.exp(b_s[C - 1]), one)
+                    eC[0] = T.Select(vc < n_c, _exp(b_s[C - 1]), one)
                 if local:
                     with T.sblock("g_acc"):
                         vc = T.axis.remap("S", [c])
@@ -441,7 +451,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         if gated:  # d_i = e^{b_C − b_i} inside the sequence, 0 past its end (branch-free:
                             # a clamped row's gates are a real row's, so its exponent is finite and <= 0)
                             Vd_w[vj, vi] = T.Cast(odt, values(WS_w, Vn_s, Vt_w, vj, vi)
-                                                  * (T.exp(b_s[C - 1] - b_s[vi]) * T.Cast(F32, vc * C + vi < seq_len)))
+                                                  * (_exp(b_s[C - 1] - b_s[vi]) * T.Cast(F32, vc * C + vi < seq_len)))
                         else:
                             Vd_w[vj, vi] = T.Cast(odt, T.Select(vc * C + vi < seq_len, values(WS_w, Vn_s, Vt_w, vj, vi),
                                                                 zero))
@@ -564,7 +574,7 @@ def carry(st: LinearStatic):
                 hin[first, vh, vk, vj] = run[0]
                 for i in T.serial(seg_offsets[vn_ + 1] - first - 1):
                     if gated:
-                        run[0] = T.exp(gt[first - vn_ + i, vh]) * run[0] + ht_local[first - vn_ + i, vh, vk, vj]
+                        run[0] = _exp(gt[first - vn_ + i, vh]) * run[0] + ht_local[first - vn_ + i, vh, vk, vj]
                     else:
                         run[0] = run[0] + ht_local[first - vn_ + i, vh, vk, vj]
                     hin[first + i + 1, vh, vk, vj] = run[0]
@@ -717,7 +727,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     with T.sblock("O_decay"):  # in place, written as an extent-1 reduction (bindable)
                         vi, vj, vr = T.axis.remap("SSR", [i, j, r])
                         with T.init():
-                            O_w[vi, vj] = O_w[vi, vj] * T.exp(b_s[vi])
+                            O_w[vi, vj] = O_w[vi, vj] * _exp(b_s[vi])
                         O_w[vi, vj] = O_w[vi, vj]
         with T.sblock("A_scope"):
             for i, j, kk in T.grid(C, C, K):
@@ -730,7 +740,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
             with T.sblock("P_mask"):
                 vi, vj = T.axis.remap("SS", [i, j])
                 if gated:
-                    P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj] * T.exp(b_s[vi] - b_s[vj]), zero))
+                    P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj] * _exp(b_s[vi] - b_s[vj]), zero))
                 else:
                     P_w[vi, vj] = T.Cast(odt, T.Select(vj <= vi, A_w[vi, vj], zero))
         tail(P_w, V_s, O_w, O_s, o, scale, bsel, vh, vv, vc, bos, seq_len)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _keep_params
-from .split import _clamped, _output_main, _output_tail, signature
+from .split import LOG2E, _clamped, _exp, _output_main, _output_tail, signature
 
 SUB = 16  # rows of a sub-chunk (an mma tile)
 
@@ -101,14 +101,14 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         vk, vi = T.axis.remap("SS", [kk, i])
                         Kd_w[vk, vi] = T.Cast(odt, T.Select(
                             vc * C + vi < seq_len,
-                            T.Cast(F32, K_s[vi, vk]) * T.exp(G_s[C - 1, vk] - G_s[vi, vk]), zero))
+                            T.Cast(F32, K_s[vi, vk]) * _exp(G_s[C - 1, vk] - G_s[vi, vk]), zero))
             with T.sblock("S_decay_scope"):
                 vc = T.axis.remap("S", [c])
                 for kk, j, r in T.grid(BK, BV, 1):
                     with T.sblock("S_decay"):  # in place, written as an extent-1 reduction (bindable)
                         vk, vj, vr = T.axis.remap("SSR", [kk, j, r])
                         with T.init():
-                            S_w[vk, vj] = S_w[vk, vj] * T.Select(vc < n_c, T.exp(G_s[C - 1, vk]), one)
+                            S_w[vk, vj] = S_w[vk, vj] * T.Select(vc < n_c, _exp(G_s[C - 1, vk]), one)
                         S_w[vk, vj] = S_w[vk, vj]
             with T.sblock("S_scope"):
                 for kk, j, l in T.grid(BK, BV, C):
@@ -187,13 +187,14 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         return r - first(sub_of(r))
 
     zero = tirx.const(0.0, F32)
+    log2e = tirx.const(LOG2E, F32)
     tail = _output_tail(st, chunk_size=C, block_v=BV)
 
     @T.macro
     def body(q, k, v, vn, gc, h, o, scale, bsel, vh, vv, vc, bos, seq_len, cidx):  # (vn: the delta rules')
         Q_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
         K_s = T.sblock_alloc_buffer((C, K), odt, scope=smem)
-        G_s = T.sblock_alloc_buffer((C, K), F32, scope=smem)
+        G_s = T.sblock_alloc_buffer((C, K), F32, scope=smem)  # b log2 e: its exponentials are exp2's
         H_s = T.sblock_alloc_buffer((K, BV), odt, scope=smem)  # h[c]
         V_s = T.sblock_alloc_buffer((C, BV), odt, scope=smem)
         Kr_s = T.sblock_alloc_buffer((NB * C, K), odt, scope=smem)  # the keys scaled for each query sub-chunk
@@ -219,7 +220,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         for i, kk in T.grid(C, K):
             with T.sblock("G_load"):
                 vi, vk = T.axis.remap("SS", [i, kk])
-                G_s[vi, vk] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
+                G_s[vi, vk] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk] * log2e
         for kk, j in T.grid(K, BV):
             with T.sblock("H_load"):
                 vk, vj = T.axis.remap("SS", [kk, j])
@@ -228,7 +229,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
             for i, kk in T.grid(C, K):
                 with T.sblock("Qg_calc"):
                     vi, vk = T.axis.remap("SS", [i, kk])
-                    Qg_w[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk]) * T.exp(G_s[vi, vk]))
+                    Qg_w[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk]) * T.exp2(G_s[vi, vk]))
         with T.sblock("OH_scope"):
             for i, j, kk in T.grid(C, BV, K):
                 with T.sblock("OH_gemm"):
@@ -241,7 +242,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                 with T.sblock("Qr_calc"):
                     vi, vk = T.axis.remap("SS", [i, kk])
                     Qr_w[vi, vk] = T.Cast(odt, T.Cast(F32, Q_s[vi, vk])
-                                          * T.exp(G_s[vi, vk] - G_s[vi // SUB * SUB, vk]))
+                                          * T.exp2(G_s[vi, vk] - G_s[vi // SUB * SUB, vk]))
         with T.sblock("A_diag_scope"):
             for s, i, j, kk in T.grid(NB, SUB, SUB, K):
                 # the diagonal blocks afresh (over what the product left there), exact decay. Summed for
@@ -255,7 +256,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                     D_w[vs * SUB + vi, vj] = D_w[vs * SUB + vi, vj] + T.if_then_else(
                         vj // 8 <= vi // 8,
                         T.Cast(F32, Q_s[vs * SUB + vi, vk]) * T.Cast(F32, K_s[vs * SUB + vj, vk])
-                        * T.exp(G_s[vs * SUB + vi, vk] - G_s[vs * SUB + vj, vk]), zero)
+                        * T.exp2(G_s[vs * SUB + vi, vk] - G_s[vs * SUB + vj, vk]), zero)
         # packed row r: key row_of(r) scaled for query sub-chunk sub_of(r), Kr_s's row sub_of(r) C + row_of(r).
         # Its operands are read from global memory (as the tiles are) into ``solve`` (registers on CUDA):
         # computed from the shared tiles into shared memory, every step would need a barrier
@@ -274,7 +275,7 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
         for r, kk in T.grid(NR, K):
             with T.sblock("Kr_calc"):
                 vr, vk = T.axis.remap("SS", [r, kk])
-                Kr_v[vr, vk] = T.Cast(odt, T.Cast(F32, Kr_kl[vr, vk]) * T.exp(Kr_rl[vr, vk] - Kr_bl[vr, vk]))
+                Kr_v[vr, vk] = T.Cast(odt, T.Cast(F32, Kr_kl[vr, vk]) * _exp(Kr_rl[vr, vk] - Kr_bl[vr, vk]))
         for r, kk in T.grid(NR, K):
             with T.sblock("Kr_store"):  # (its region stated: the row it writes is not affine in r)
                 vr, vk = T.axis.remap("SS", [r, kk])
