@@ -149,7 +149,7 @@ def test_linear_segmented_state_kernels_compile():
             if part != "carry":  # the whole state per CTA, eight warps
                 assert "__launch_bounds__(256)" in src and "mma.sync.aligned.m16n8k16" in src and "cp.async" in src
             else:
-                assert "__launch_bounds__(256)" in src and ("expf" in src) == (op == "simple_gla")
+                assert "__launch_bounds__(256)" in src and ("exp2f" in src) == (op == "simple_gla")
             assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF", (op, part)
 
 
