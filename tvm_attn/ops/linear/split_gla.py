@@ -245,7 +245,8 @@ def output(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | N
                                           * T.exp2(G_s[vi, vk] - G_s[vi // SUB * SUB, vk]))
         with T.sblock("A_diag_scope"):
             for s, i, j, kk in T.grid(NB, SUB, SUB, K):
-                # the diagonal blocks afresh (over what the product left there), exact decay. Summed for
+                # the diagonal blocks in a fragment of their own (P takes them from it, not from A's
+                # product, whose values there are discarded), exact decay. Summed for
                 # every (i, j) of a block but its upper-right 8x8 quadrant (a condition on the register,
                 # not the lane), without a per-element branch (a lane's row and column operands are then
                 # loaded once per step for all its elements); terms above the diagonal are dropped by P_mask
