@@ -94,18 +94,25 @@ def test_linear_split_state_many_tiling_compiles():
         assert _tvm.compile_cuda_source(src, "sm_90a", "cubin")[:4] == b"\x7fELF"
 
 
+def _split_kernel_shared_memory(op: str, dtype: str, part: str) -> int:
+    """The dynamic shared memory per CTA of one split kernel's default schedule (K = V = 128, chunk 64),
+    compiled for sm_90a (its CUDA checked to compile with nvcc too)."""
+    from tvm_attn.ops.linear.build import LinearSpec
+    from tvm_attn.ops.linear.cuda import build_config, cuda_schedule
+
+    sch = cuda_schedule(LinearSpec(op, "chunk", 128, 128, dtype, False, 64, part))
+    ex, smem = _tvm.compile_with_shared_memory(sch.mod, _tvm.cuda_target("sm_90a"), build_config())
+    assert _tvm.compile_cuda_source(_tvm.cuda_source(ex), "sm_90a", "cubin")[:4] == b"\x7fELF", (op, part)
+    return smem
+
+
 def test_linear_prep_fits_three_ctas_per_sm():
     # the delta rules' prep kernel holds K in shared memory once (K Kᵀ's A operand goes from it to
     # registers by ldmatrix, W leaves through it): at K = V = 128, chunk 64 its plan fits three CTAs per
     # SM of an H100/H200 (228 KiB, 1 KiB per CTA reserved), which took it from 179 to 171 µs at (8, 2048)
-    from tvm_attn.ops.linear.build import LinearSpec
-    from tvm_attn.ops.linear.cuda import build_config, cuda_schedule
-
     for op, dtype in (("gated_delta_rule", "bfloat16"), ("delta_rule", "float16")):
-        sch = cuda_schedule(LinearSpec(op, "chunk", 128, 128, dtype, False, 64, "prep"))
-        ex, smem = _tvm.compile_with_shared_memory(sch.mod, _tvm.cuda_target("sm_90a"), build_config())
+        smem = _split_kernel_shared_memory(op, dtype, "prep")
         assert 0 < smem <= (228 // 3 - 1) * 1024, (op, smem)
-        assert _tvm.compile_cuda_source(_tvm.cuda_source(ex), "sm_90a", "cubin")[:4] == b"\x7fELF"
 
 
 def test_linear_gla_output_fits_two_ctas_per_sm():
@@ -113,14 +120,9 @@ def test_linear_gla_output_fits_two_ctas_per_sm():
     # keys and V after Q, K, the gates and h[c] are done): at K = V = 128, chunk 64, value tile 128 its
     # plan fits two CTAs per SM of an H100/H200 (187 KiB with every tile live at once), which took it
     # from 458 to 363 µs at (8, 2048)
-    from tvm_attn.ops.linear.build import LinearSpec
-    from tvm_attn.ops.linear.cuda import build_config, cuda_schedule
-
     for dtype in ("bfloat16", "float16"):
-        sch = cuda_schedule(LinearSpec("gla", "chunk", 128, 128, dtype, False, 64, "output"))
-        ex, smem = _tvm.compile_with_shared_memory(sch.mod, _tvm.cuda_target("sm_90a"), build_config())
+        smem = _split_kernel_shared_memory("gla", dtype, "output")
         assert 0 < smem <= (228 // 2 - 1) * 1024, (dtype, smem)
-        assert _tvm.compile_cuda_source(_tvm.cuda_source(ex), "sm_90a", "cubin")[:4] == b"\x7fELF"
 
 
 def test_linear_gate_cumsum_kernel_compiles():
