@@ -347,10 +347,12 @@ def apply_cuda_chunk(sch: Schedule, variant: LinearVariant, dtype: str, *, chunk
     sch.annotate(sch.get_loops("chunk")[0], "pragma_auto_unroll_max_step", unroll)
 
 
-def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False, align: bool = True) -> None:
+def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False, align: bool = True,
+          pad: int = 8) -> None:
     """A plain copy (global -> shared, or with ``align=False`` shared -> global) spread over the CTA,
     16-byte vectors where every thread count the warp knob can take divides the tile (``threads_max``:
-    the largest), unrolled; shared destinations (ldmatrix operands) padded against bank conflicts."""
+    the largest), unrolled; shared destinations (ldmatrix operands) padded against bank conflicts: rows
+    ``pad`` elements past a multiple of 32."""
     blk = sch.get_sblock(name)
     loops = sch.get_loops(blk)[-1 if one_d else -2:]
     extents = [int(sch.get(lp).extent) for lp in loops]
@@ -368,7 +370,7 @@ def _copy(sch: Schedule, name: str, nw, threads_max: int, one_d: bool = False, a
     sch.bind(tx, "threadIdx.x")
     sch.unroll(outer)
     if align and not one_d:
-        sch.storage_align(blk, 0, axis=-2, factor=32, offset=8)
+        sch.storage_align(blk, 0, axis=-2, factor=32, offset=pad)
 
 
 class _Fragments:
@@ -696,8 +698,11 @@ def apply_cuda_chunk_output_gla(sch: Schedule, variant: LinearVariant, dtype: st
     fr.gemm("OH_gemm", a="Qg_w", b="H_s", a_frag=True)
     fr.gemm("A_gemm", a="Qr_w", b="Kr_s", b_nk=True, a_frag=True, b_per_row=True)
     threads_max = 32 * fr.tiles
-    for name in ("Q_load", "K_load", "G_load", "H_load", "V_load"):
+    for name in ("Q_load", "K_load", "H_load", "V_load"):
         _copy(sch, name, fr.nw, threads_max)
+    # the fp32 gates are read by the diagonal blocks one row per lane group, not through ldmatrix: rows
+    # 4 words past a multiple of 32 (8 would put rows i and i + 4 on the same banks)
+    _copy(sch, "G_load", fr.nw, threads_max, pad=4)
     # the scaled keys, 8 per thread and step: their rows of k and b read from global memory as 16-byte
     # vectors into registers (every step's loads can be in flight together: no barrier between steps),
     # computed there and stored as one 16-byte vector
