@@ -114,6 +114,8 @@ DEFAULT_SPLIT_VARIANTS = {
     # add rule with many (sequence, head) pairs: one 64 x 128 tile of the state per CTA, 4 warps (the
     # default's 8 CTAs of 32 x 64 per pair are for few pairs, where they are what fills the card)
     "state_many": LinearVariant(block_v=64, warps=4, unroll=0, block_k=128, stages=2),
+    # add rule with fewer pairs (2 x 16 at K = V = 128): 64 x 64 tiles, 4 per pair
+    "state_mid": LinearVariant(block_v=64, warps=4, unroll=0, block_k=64, stages=2),
     # add rule split along the sequence (kinds.SEGMENT_TILING): the whole 128 x 128 state per CTA, 8 warps
     # (bench/results/h200/linear-segmented-state-20261128.json)
     "state_whole": LinearVariant(block_v=128, warps=8, unroll=0, block_k=128, stages=2),

@@ -78,7 +78,7 @@ def test_linear_split_chunk_kernels_compile_for_sm90a(op: str, dtype: str, kd: i
 
 
 def test_linear_split_state_many_tiling_compiles():
-    # the add rule's large-tile state kernel (many (sequence, head) pairs): 4 warps each own 16 value
+    # the add rule's large-tile state kernels (many (sequence, head) pairs; mid: 64 x 64): 4 warps each own 16 value
     # rows of the state, their Vᵀ loaded by ldmatrix.trans and decayed in registers; the delta rule's
     # wider value tiles (32 values on 2 warps, 64 on 4); gla's whole state on 8 warps (4 at K = 64: its 16-row
     # key tiles)
@@ -86,6 +86,7 @@ def test_linear_split_state_many_tiling_compiles():
     from tvm_attn.ops.linear.cuda import build_cuda
 
     for op, kd, tiles, threads in (("simple_gla", 128, "many", 128), ("linear_attention", 64, "many", 128),
+                                   ("simple_gla", 128, "mid", 128), ("linear_attention", 128, "mid", 128),
                                    ("gated_delta_rule", 128, "v64", 128), ("delta_rule", 128, "v32", 64),
                                    ("gla", 128, "many", 256), ("gla", 64, "many", 128)):
         src = _tvm.cuda_source(build_cuda(LinearSpec(op, "chunk", kd, 128, "bfloat16", False, 64, "state", tiles),

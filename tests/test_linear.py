@@ -159,8 +159,8 @@ def test_split_chunk_against_reference(op: str):
         check(f"split {op} {s} {dtype}", op, "chunk", inp, chunk=64, dtype=dtype, split=True)
 
 
-@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("gla", "many"), ("gated_delta_rule", "v32"),
-                                      ("delta_rule", "v64")])
+@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("linear_attention", "mid"), ("gla", "many"),
+                                      ("gated_delta_rule", "v32"), ("delta_rule", "v64")])
 def test_split_state_tilings_against_reference(op: str, tiles: str, monkeypatch):
     # the state kernel's wider tilings (picked on a GPU once their CTAs fill it), forced: dense with
     # K = V = 128 (several value tiles) and uneven varlen with K 64, fp32 and from bf16 inputs
@@ -213,7 +213,7 @@ def test_split_gla_strong_decay():
 
 def test_split_state_tiling_by_shape(monkeypatch):
     # the state kernel's widest tiling whose CTAs fill the card (>= 0.9 x 132 SMs: 119 CTAs), else the
-    # default: the add rule's 8 small tiles per (sequence, head) or one 64 x 128 tile; the delta rule's
+    # default: the add rule's 8 small tiles per (sequence, head), 4 of 64 x 64 or 2 of 64 x 128; the delta rule's
     # value tiles of 16, 32 or 64 (8, 4 or 2 CTAs per pair); gla's 8 tiles of 64 x 32 or its whole state
     from tvm_attn.ops.linear import torch_ops
 
@@ -223,7 +223,9 @@ def test_split_state_tiling_by_shape(monkeypatch):
     assert tiling("simple_gla", 1, 16, 128, 128, cuda) == ""  # 32 CTAs of the large tile: too few
     assert tiling("simple_gla", 8, 16, 128, 128, cuda) == "many"  # 256
     assert tiling("linear_attention", 60, 1, 128, 128, cuda) == "many"  # 120
-    assert tiling("linear_attention", 59, 1, 128, 128, cuda) == ""  # 118
+    assert tiling("linear_attention", 59, 1, 128, 128, cuda) == "mid"  # 118 large tiles: too few; 236 of 64 x 64
+    assert tiling("simple_gla", 2, 16, 128, 128, cuda) == "mid"  # 128 of 64 x 64 (64 large tiles: too few)
+    assert tiling("linear_attention", 29, 1, 128, 128, cuda) == ""  # 116 of 64 x 64: too few
     assert tiling("linear_attention", 2, 40, 64, 64, cuda) == ""  # K = V = 64: one tile per (sequence, head)
     assert tiling("gated_delta_rule", 8, 16, 128, 128, cuda) == "v64"  # 256 CTAs of 64 values
     assert tiling("gated_delta_rule", 2, 16, 128, 128, cuda) == "v32"  # 128 of 32 (64 of 64: too few)
@@ -685,8 +687,8 @@ def test_cuda_against_reference(op: str, form: str):
 
 
 @requires_cuda
-@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("linear_attention", "many"), ("gla", "many"),
-                                      ("gated_delta_rule", "v32"), ("gated_delta_rule", "v64"), ("delta_rule", "v64")])
+@pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("linear_attention", "many"), ("simple_gla", "mid"),
+                                      ("gla", "many"), ("gated_delta_rule", "v32"), ("gated_delta_rule", "v64"), ("delta_rule", "v64")])
 def test_cuda_state_tiling_against_reference(op: str, tiles: str, monkeypatch):
     # the state kernel's wider tilings, forced (each is picked once its CTAs fill the card)
     from tvm_attn.ops.linear import build, torch_ops

@@ -146,6 +146,7 @@ def test_cli_linear_ops(user_root, capsys):
     keys = [s.key for s in cli._specs(args)]
     assert keys == ["linear_simple_gla_chunk_state_k128_v128_float16_c128_dense",
                     "linear_simple_gla_chunk_state_many_k128_v128_float16_c128_dense",
+                    "linear_simple_gla_chunk_state_mid_k128_v128_float16_c128_dense",
                     "linear_simple_gla_chunk_output_k128_v128_float16_c128_dense"]
     args = parser.parse_args(["tune", "--op", "gated_delta_rule", "--part", "state"])
     assert [s.tiles for s in cli._specs(args)] == ["", "v32", "v64"]  # a record per shape class

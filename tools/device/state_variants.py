@@ -18,7 +18,9 @@ from pathlib import Path
 
 OPS = sys.argv[1].split(",") if len(sys.argv) > 1 else ["gated_delta_rule", "delta_rule"]
 STAGES = [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else [0, 1, 2]
-TILINGS = {"": "state_delta", "v32": "state_v32", "v64": "state_v64"}  # dispatched tiling -> default's key
+# dispatched tiling -> default's key, by the ops' state rule (all ops of one run share it)
+TILINGS = ({"": "state", "many": "state_many", "mid": "state_mid"} if os.environ.get("RULE") == "add"
+           else {"": "state_delta", "v32": "state_v32", "v64": "state_v64"})
 # (tiling, default warp count or None: the shipped one)
 EXTRA = sys.argv[3].split(",") if len(sys.argv) > 3 else []
 TILE_WARPS = [(t, None) for t in TILINGS] + [("" if t == "default" else t, int(w))

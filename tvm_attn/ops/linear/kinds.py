@@ -23,11 +23,11 @@ FORMS_OF: dict[str, tuple[str, ...]] = {
 # split kernels with more than one tiling, each for a class of shapes: (part, rule, gate) -> tiling names
 # (the tilings themselves: schedules.linear.DEFAULT_SPLIT_VARIANTS["<part>_<name>"], gla's (a kernel of its
 # own) "<part>_gla_<name>")
-SPLIT_TILINGS = {("state", "add", "none"): ("many",), ("state", "add", "scalar"): ("many",),
+SPLIT_TILINGS = {("state", "add", "none"): ("many", "mid"), ("state", "add", "scalar"): ("many", "mid"),
                  ("state", "add", "vector"): ("many",),
                  ("state", "delta", "none"): ("v32", "v64"), ("state", "delta", "scalar"): ("v32", "v64")}
 # the shape class each tiling is for, (B, T) at H 16 ("" the default's): tuning measures a tiling there
-TILING_SHAPES = {"": (1, 32768), "many": (8, 2048), "v64": (8, 2048), "v32": (2, 8192)}
+TILING_SHAPES = {"": (1, 32768), "many": (8, 2048), "mid": (2, 8192), "v64": (8, 2048), "v32": (2, 8192)}
 # the tiling of the add rule's state passes when they run split along the sequence (one whole state
 # per CTA: the fewest re-reads of K and V; ``torch_ops.state_segment_chunks``)
 SEGMENT_TILING = "whole"
