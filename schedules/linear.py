@@ -114,7 +114,9 @@ DEFAULT_SPLIT_VARIANTS = {
     # add rule with many (sequence, head) pairs: one 64 x 128 tile of the state per CTA, 4 warps (the
     # default's 8 CTAs of 32 x 64 per pair are for few pairs, where they are what fills the card)
     "state_many": LinearVariant(block_v=64, warps=4, unroll=0, block_k=128, stages=2),
-    # add rule with fewer pairs (2 x 16 at K = V = 128): 64 x 64 tiles, 4 per pair
+    # add rule with fewer pairs, where the 64 x 128 tiles are too few to fill the card and 64 x 64 ones are
+    # not: 4 tiles per pair, 4 warps ((2, 8192), H 16: 128 CTAs, 0.221 ms for simple_gla against the default's
+    # 0.241; bench/results/h200/linear-gla-banks-state-mid-20261202.json)
     "state_mid": LinearVariant(block_v=64, warps=4, unroll=0, block_k=64, stages=2),
     # add rule split along the sequence (kinds.SEGMENT_TILING): the whole 128 x 128 state per CTA, 8 warps
     # (bench/results/h200/linear-segmented-state-20261128.json)
@@ -703,7 +705,8 @@ def apply_cuda_chunk_output_gla(sch: Schedule, variant: LinearVariant, dtype: st
     for name in ("Q_load", "K_load", "H_load", "V_load"):
         _copy(sch, name, fr.nw, threads_max)
     # the fp32 gates are read by the diagonal blocks one row per lane group, not through ldmatrix: rows
-    # 4 words past a multiple of 32 (8 would put rows i and i + 4 on the same banks)
+    # 4 words past a multiple of 32 (8 put rows i and i + 4 on the same banks: the output kernel 358 ->
+    # 332 us at (8, 2048); bench/results/h200/linear-gla-banks-state-mid-20261202.json)
     _copy(sch, "G_load", fr.nw, threads_max, pad=4)
     # the scaled keys, 8 per thread and step: their rows of k and b read from global memory as 16-byte
     # vectors into registers (every step's loads can be in flight together: no barrier between steps),

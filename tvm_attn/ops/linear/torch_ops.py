@@ -141,9 +141,10 @@ def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device
     """The state kernel's tiling for ``n`` sequences of ``h`` heads: of its ``kinds.SPLIT_TILINGS``, the
     one with the fewest CTAs per (sequence, head) whose CTAs still fill the card, else the default (the
     narrowest tiles, for the long-sequence, few-heads shapes where the chunk loop's latency is all there
-    is). Wider tiles re-read less of the chunk's operands per state element (the add rule's "many": one
-    64 x 128 tile per CTA instead of 8 smaller ones; the delta rule's "v32" / "v64": value tiles 2x / 4x
-    the default's 16, each reading K and W whole every chunk); narrower ones keep more SMs busy."""
+    is). Wider tiles re-read less of the chunk's operands per state element (the add rule's "many" /
+    "mid": 2 tiles of 64 x 128 / 4 of 64 x 64 per pair instead of 8 of 32 x 64; the delta rule's "v32" /
+    "v64": value tiles 2x / 4x the default's 16, each reading K and W whole every chunk); narrower ones
+    keep more SMs busy."""
     gate, rule = OP_KINDS[op]
     named = SPLIT_TILINGS.get(("state", rule, gate), ())
     if device.type != "cuda" or not named:
