@@ -85,8 +85,9 @@ def assert_fp32(name: str, out: torch.Tensor, ref: torch.Tensor) -> None:
     assert err <= bound, f"{name}: max error {err:.3e} > {bound:.3e}"
 
 
-def check(name: str, op: str, form: str, inp: dict, *, chunk: int, dtype: str, split: bool = False) -> None:
-    h0 = state_for(inp, form)
+def check(name: str, op: str, form: str, inp: dict, *, chunk: int, dtype: str, split: bool = False,
+          initial: bool = True) -> None:
+    h0 = state_for(inp, form) if initial else None
     o, ht = poisoned(op, form, inp, initial_state=h0, chunk=chunk, split=split)
     mb = chunk if op == "ttt_linear" else MINI_BATCH
     ref, ref_ht = reference(op, inp, initial_state=h0, mini_batch=mb)
@@ -256,6 +257,26 @@ def test_split_segmented_state_against_reference(op: str, monkeypatch):
                                     lambda *a, **kw: whole(*a, **kw, segment_chunks=seg))
                 check(f"split {op} segments of {seg} chunks {s} {dtype}", op, "chunk", inp, chunk=32, dtype=dtype,
                       split=True)
+
+
+@pytest.mark.parametrize("op", ["simple_gla", "gla", "gated_delta_rule"])
+def test_split_without_initial_state(op: str, monkeypatch):
+    # no initial state: the state kernels (and the segmented pass's carry) are given an empty h0 and start
+    # from zero without reading it; dense and uneven varlen, the add rule also split along the sequence
+    from tvm_attn.ops.linear import torch_ops
+
+    whole = torch_ops.run_chunk_split
+    for s in (shape(300), shape(seqlens=[37, 200, 1, 0, 129])):
+        for dtype in ("float32", "bfloat16"):
+            inp = make_inputs(op, s, dtype, "cpu", seed=29)
+            check(f"split {op} no initial state {s} {dtype}", op, "chunk", inp, chunk=64, dtype=dtype, split=True,
+                  initial=False)
+            if op == "simple_gla":
+                monkeypatch.setattr(sys.modules[__name__], "run_chunk_split",
+                                    lambda *a, **kw: whole(*a, **kw, segment_chunks=2))
+                check(f"split {op} segmented, no initial state {s} {dtype}", op, "chunk", inp, chunk=32,
+                      dtype=dtype, split=True, initial=False)
+                monkeypatch.setattr(sys.modules[__name__], "run_chunk_split", whole)
 
 
 def test_state_segment_chunks_by_shape(monkeypatch):

@@ -299,6 +299,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     assert V % BV == 0 and K % BK == 0 and (BK == K or not delta)
     QB, NS, Tv, Hv, NCv = _axes(st)
     NTt = tirx.Var("NTt", "int32")
+    N0 = tirx.Var("N0", "int32")  # h0's sequences: NS, or 0 (no initial state: zero, and nothing to read)
     zero = tirx.const(0.0, F32)
     one = tirx.const(1.0, F32)
 
@@ -353,8 +354,8 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                 vj, vk = T.axis.remap("SS", [j, kk])
                 if local:
                     ST_w[vj, vk] = zero
-                else:
-                    ST_w[vj, vk] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
+                else:  # (an empty h0: no initial state)
+                    ST_w[vj, vk] = T.if_then_else(vn_ < N0, h0[vn_, vh, vk0 * BK + vk, vv * BV + vj], zero)
         if local and gated:
             with T.sblock("g_init"):
                 gl[0] = zero
@@ -516,7 +517,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     @T.prim_func(s_tir=True)
     def main(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
              w: T.Buffer((QB, Tv, Hv, K) if delta else (1,), odt), u: T.Buffer((QB, Tv, Hv, V) if delta else (1,), odt),
-             gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), h0: T.Buffer((NS, Hv, K, V), F32),
+             gc: T.Buffer((QB, Tv, Hv) if gated else (1,), F32), h0: T.Buffer((N0, Hv, K, V), F32),
              cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
              chunk_offsets: T.Buffer((NCv,) if varlen else (1,), "int32"),
              h: T.Buffer((NTt, Hv, V, K), odt), vn: T.Buffer((QB, Tv, Hv, V) if delta else (1,), odt),
@@ -555,14 +556,14 @@ def carry(st: LinearStatic):
     assert st.rule == "add"
     K, V = st.key_dim, st.value_dim
     gated = st.gate != "none"
-    NS, Hv, NC, NP, NG = (tirx.Var(x, "int32") for x in ("N", "H", "NC", "NP", "NG"))
+    Hv, NC, NP, NG, N0 = (tirx.Var(x, "int32") for x in ("H", "NC", "NP", "NG", "N0"))
 
     @T.prim_func(s_tir=True)
     def main(ht_local: T.Buffer((NP, Hv, K, V), F32),
-             gt: T.Buffer((NP, Hv) if gated else (1,), F32), h0: T.Buffer((NS, Hv, K, V), F32),
+             gt: T.Buffer((NP, Hv) if gated else (1,), F32), h0: T.Buffer((N0, Hv, K, V), F32),
              seg_offsets: T.Buffer((NC,), "int32"), hin: T.Buffer((NG, Hv, K, V), F32)):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
-        for n, hh, kk, jv in T.grid(NS, Hv, K, V):
+        for n, hh, kk, jv in T.grid(NC - 1, Hv, K, V):  # (the sequences: seg_offsets has N + 1 entries)
             with T.sblock("tile"):
                 vn_, vh, vk, vj = T.axis.remap("SSSS", [n, hh, kk, jv])
                 T.reads(ht_local[0:NP, vh, vk, vj], h0[vn_, vh, vk, vj], seg_offsets[vn_:vn_ + 2],
@@ -570,7 +571,7 @@ def carry(st: LinearStatic):
                 T.writes(hin[0:NG, vh, vk, vj])
                 run = T.sblock_alloc_buffer((1,), F32, scope="local")  # the state entering the next segment
                 first: T.let = seg_offsets[vn_]
-                run[0] = h0[vn_, vh, vk, vj]
+                run[0] = T.if_then_else(vn_ < N0, h0[vn_, vh, vk, vj], T.float32(0))  # (h0 empty: zero)
                 hin[first, vh, vk, vj] = run[0]
                 for i in T.serial(seg_offsets[vn_ + 1] - first - 1):
                     if gated:

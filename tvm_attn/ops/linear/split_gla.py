@@ -55,6 +55,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     assert V % BV == 0 and K % BK == 0
     QB, NS, Tv, Hv, NCv = _axes(st)
     NTt = tirx.Var("NTt", "int32")
+    N0 = tirx.Var("N0", "int32")  # h0's sequences: NS, or 0 (no initial state)
     zero = tirx.const(0.0, F32)
     one = tirx.const(1.0, F32)
 
@@ -69,7 +70,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         for kk, j in T.grid(BK, BV):
             with T.sblock("S_init"):
                 vk, vj = T.axis.remap("SS", [kk, j])
-                S_w[vk, vj] = h0[vn_, vh, vk0 * BK + vk, vv * BV + vj]
+                S_w[vk, vj] = T.if_then_else(vn_ < N0, h0[vn_, vh, vk0 * BK + vk, vv * BV + vj], zero)  # (h0 empty: 0)
         n_c: T.let = T.ceildiv(seq_len, C)  # a bound var: the pipeline pass compares it symbolically
         for c in T.serial(T.max(n_c, min_chunks)):
             for i, kk in T.grid(C, BK):
@@ -124,7 +125,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
 
     @T.prim_func(s_tir=True)
     def main(k: T.Buffer((QB, Tv, Hv, K), dt), v: T.Buffer((QB, Tv, Hv, V), dt),
-             gc: T.Buffer((QB, Tv, Hv, K), F32), h0: T.Buffer((NS, Hv, K, V), F32),
+             gc: T.Buffer((QB, Tv, Hv, K), F32), h0: T.Buffer((N0, Hv, K, V), F32),
              cu_seqlens: T.Buffer((NCv,) if varlen else (1,), "int32"),
              chunk_offsets: T.Buffer((NCv,) if varlen else (1,), "int32"),
              h: T.Buffer((NTt, Hv, K, V), odt), ht: T.Buffer((NS, Hv, K, V), F32)):

@@ -216,7 +216,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     gc = ([_chunk_local_cumsum(op, g, cu_seqlens, indices, chunk_size, kd, vd)]
           if gate != "none" else [])
     seqs, offs, idx = ([cu_seqlens], [offsets], [indices]) if varlen else ([], [], [])
-    h0 = (torch.zeros((n, h, kd, vd), dtype=torch.float32, device=dev) if initial_state is None
+    # no initial state: an empty h0, which the state kernels (and the carry) read as zero
+    h0 = (torch.empty((0, h, kd, vd), dtype=torch.float32, device=dev) if initial_state is None
           else initial_state.float().contiguous())
     ht = torch.empty((n, h, kd, vd), dtype=torch.float32, device=dev) if final_state is None else final_state
     o = torch.empty(v.shape, dtype=q.dtype, device=dev) if out is None else out
