@@ -709,7 +709,8 @@ def test_cuda_against_reference(op: str, form: str):
 
 @requires_cuda
 @pytest.mark.parametrize("op,tiles", [("simple_gla", "many"), ("linear_attention", "many"), ("simple_gla", "mid"),
-                                      ("gla", "many"), ("gated_delta_rule", "v32"), ("gated_delta_rule", "v64"), ("delta_rule", "v64")])
+                                      ("gla", "many"), ("gated_delta_rule", "v32"), ("gated_delta_rule", "v64"),
+                                      ("delta_rule", "v64")])
 def test_cuda_state_tiling_against_reference(op: str, tiles: str, monkeypatch):
     # the state kernel's wider tilings, forced (each is picked once its CTAs fill the card)
     from tvm_attn.ops.linear import build, torch_ops

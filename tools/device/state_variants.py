@@ -1,10 +1,11 @@
 """The delta rules' (``RULE=add``: the add rule's) state kernel by variant (tiling x pipeline depth), each
 forced as the dispatched tiling's default (``DEFAULT_SPLIT_VARIANTS``) through the public call, at the
-anchors (bf16, H 16, K = V = 128), checked against the fp32 reference, timed against fla in the same process (GPU kernel time
-per call, ``bench.driver.kernel_time``). Tuned records are left out (every kernel runs its default
-decision), so the variants differ in the state kernel only. Writes $OUT/state_variants.json after every
-point. Extra variants with another default warp count: ``tiling:warps`` (``default:1``: the 16-wide tile
-with one warp, which then owns its value tile and forms V' in registers).
+anchors (bf16, H 16, K = V = 128), checked against the fp32 reference, timed against fla in the same
+process (GPU kernel time per call, ``bench.driver.kernel_time``). Tuned records are left out (every
+kernel runs its default decision), so the variants differ in the state kernel only. Writes
+$OUT/state_variants.json after every point. Extra variants with another default warp count:
+``tiling:warps`` (``default:1``: the 16-wide tile with one warp, which then owns its value tile and forms
+V' in registers).
     python tools/device/state_variants.py [op,...] [stages,...] [tiling:warps,...]"""
 from __future__ import annotations
 

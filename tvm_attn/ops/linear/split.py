@@ -263,7 +263,9 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     """Build the PrimFunc ``main`` of the state pass. ``block_k`` (add rule only) tiles the state's rows:
     its rows never mix there, so key tiles are independent. ``frag``: the scope of the fp32 state and of
     the decayed values (register fragments, "warp", on CUDA); ``solve``: the per-thread scalar e^{b_C}
-    ("local" on CUDA). The state lives in ``frag`` across the whole chunk loop; per chunk:
+    ("local" on CUDA). The state starts from ``h0`` [N, H, K, V], or from zero when ``h0`` is empty (no
+    initial state: nothing allocated, filled or read), and lives in ``frag`` across the chunk loop; per
+    chunk:
 
         Y = odt(Sᵀ) (one pass from the registers); h[c] = Y (stored transposed, [V, K], a plain copy)
         delta:  V' = U − W·Y  (fp32; stored rounded as ``vn``)
