@@ -3,7 +3,8 @@
 # (default .ab; made here with `git archive <rev> | tar -x -C .ab` and carried: it is ignored), each side
 # in its own process (the kernel cache keys hold the source digest, so each compiles its own), alternated
 # $ROUNDS times so drift hits both. Per-kernel GPU times (kernel_breakdown.py, fla left out) under
-# $OUT/ab/{A,B}-<round>.json, then each kernel's median over the rounds, A against B.
+# $OUT/ab/{A,B}-<round>.json, then each kernel's median over the rounds, A against B; the per-round files
+# end up in one archive, $OUT/ab-<time>.tar.gz.
 #   source tools/device/fla_env.sh; ROUNDS=2 bash tools/device/ab_breakdown.sh simple_gla,gla 2:8192
 AB_DIR=$PWD/${AB_DIR:-.ab}
 ROUNDS=${ROUNDS:-2}
@@ -24,8 +25,11 @@ d, rounds = Path(sys.argv[1]), int(sys.argv[2])
 runs = {s: [json.loads((d / f"{s}-{r}.json").read_text()) for r in range(1, rounds + 1)
             if (d / f"{s}-{r}.json").exists()] for s in "AB"}
 for i, row in enumerate(runs["A"][0]["rows"] if runs["A"] else []):
+    # (each side its own kernel count: a change may add or drop a launch)
     med = {s: [statistics.median(run["rows"][i]["ours"][k]["us"] for run in runs[s] if i < len(run["rows"]))
-               for k in range(len(row["ours"]))] for s in "AB" if runs[s]}
+               for k in range(len(runs[s][0]["rows"][i]["ours"]))] for s in "AB" if runs[s]}
     print(f"{row['op']} ({row['B']}, {row['T']}) us per kernel, A: {[round(x, 1) for x in med['A']]}"
           + (f"  B: {[round(x, 1) for x in med['B']]}" if "B" in med else ""))
 PY
+# one archive of the per-round files (the device tool returns a limited number of files per call)
+(cd $OUT/ab && tar -czf ../ab-$(date +%H%M%S).tar.gz *.json *.log && rm -f *.json *.log)
