@@ -76,7 +76,7 @@ def test_tasks_of_the_split_kernels():
         keys = [t.variant.key for t in tasks]
         assert keys[0] == L.default_key(spec, "cuda") and len(set(keys)) == len(keys), keys
         assert len({t.workload_hash() for t in tasks}) == len(tasks)  # each variant its own workload
-        assert shape["NTt"] == shape["B"] * -(-shape["T"] // spec.chunk)
+        assert shape["NTt"] == shape["B"] * -(-shape["T"] // spec.chunk) and shape["N0"] == shape["B"]
         assert L.spec_from_key(spec.key) == spec
         assert L.flops(spec, shape) > 0
     many = LinearSpec("linear_attention", "chunk", 128, 128, "bfloat16", False, 64, "state", "many")

@@ -23,12 +23,13 @@ def _require_cuda(device: str) -> None:
 def representative_shape(spec: LinearSpec, device: str) -> dict[str, int]:
     """The lengths tuning measures at (recorded in the provenance): the shape class of the kernel's
     tiling (``kinds.TILING_SHAPES``: the anchors' long sequence for the default, their batch of shorter
-    ones for the tilings of many (sequence, head) pairs; H 16)."""
+    ones for the tilings of many (sequence, head) pairs; H 16), the state kernels given an initial state
+    (N0: its sequences; a call without one passes none, ``split.state``)."""
     from tvm_attn.ops.linear.kinds import TILING_SHAPES
 
     _require_cuda(device)
     b, t = TILING_SHAPES[spec.tiles]
-    return {"B": b, "T": t, "H": 16, "NTt": b * math.ceil(t / spec.chunk)}
+    return {"B": b, "T": t, "H": 16, "NTt": b * math.ceil(t / spec.chunk), "N0": b}
 
 
 def scale_of(spec: LinearSpec) -> float:
