@@ -60,6 +60,12 @@ def _clamped(bos, r, seq_len):
     return T.max(T.min(bos + r, bos + seq_len - 1), 0)
 
 
+def _initial(h0, n, h, k, j):
+    """Element (k, j) of sequence ``n``'s initial state (head ``h``), or 0 where ``h0`` has no row ``n``: a
+    call without an initial state passes an empty ``h0`` [0, H, K, V] (nothing allocated, filled or read)."""
+    return T.if_then_else(n < h0.shape[0], h0[n, h, k, j], tirx.const(0.0, F32))
+
+
 def signature(st: LinearStatic, part: str) -> list[str]:
     """Argument names of ``part``'s kernel, in order."""
     gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
@@ -301,7 +307,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     assert V % BV == 0 and K % BK == 0 and (BK == K or not delta)
     QB, NS, Tv, Hv, NCv = _axes(st)
     NTt = tirx.Var("NTt", "int32")
-    N0 = tirx.Var("N0", "int32")  # h0's sequences: NS, or 0 (no initial state: zero, and nothing to read)
+    N0 = tirx.Var("N0", "int32")  # h0's sequences: NS, or 0 (no initial state: ``_initial``)
     zero = tirx.const(0.0, F32)
     one = tirx.const(1.0, F32)
 
@@ -357,7 +363,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                 if local:
                     ST_w[vj, vk] = zero
                 else:  # (an empty h0: no initial state)
-                    ST_w[vj, vk] = T.if_then_else(vn_ < N0, h0[vn_, vh, vk0 * BK + vk, vv * BV + vj], zero)
+                    ST_w[vj, vk] = _initial(h0, vn_, vh, vk0 * BK + vk, vv * BV + vj)
         if local and gated:
             with T.sblock("g_init"):
                 gl[0] = zero
@@ -573,7 +579,7 @@ def carry(st: LinearStatic):
                 T.writes(hin[0:NG, vh, vk, vj])
                 run = T.sblock_alloc_buffer((1,), F32, scope="local")  # the state entering the next segment
                 first: T.let = seg_offsets[vn_]
-                run[0] = T.if_then_else(vn_ < N0, h0[vn_, vh, vk, vj], T.float32(0))  # (h0 empty: zero)
+                run[0] = _initial(h0, vn_, vh, vk, vj)
                 hin[first, vh, vk, vj] = run[0]
                 for i in T.serial(seg_offsets[vn_ + 1] - first - 1):
                     if gated:

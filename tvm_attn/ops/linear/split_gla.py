@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _keep_params
-from .split import LOG2E, _clamped, _exp, _output_main, _output_tail, signature
+from .split import LOG2E, _clamped, _exp, _initial, _output_main, _output_tail, signature
 
 SUB = 16  # rows of a sub-chunk (an mma tile)
 
@@ -55,7 +55,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     assert V % BV == 0 and K % BK == 0
     QB, NS, Tv, Hv, NCv = _axes(st)
     NTt = tirx.Var("NTt", "int32")
-    N0 = tirx.Var("N0", "int32")  # h0's sequences: NS, or 0 (no initial state)
+    N0 = tirx.Var("N0", "int32")  # h0's sequences: NS, or 0 (no initial state: ``split._initial``)
     zero = tirx.const(0.0, F32)
     one = tirx.const(1.0, F32)
 
@@ -70,7 +70,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         for kk, j in T.grid(BK, BV):
             with T.sblock("S_init"):
                 vk, vj = T.axis.remap("SS", [kk, j])
-                S_w[vk, vj] = T.if_then_else(vn_ < N0, h0[vn_, vh, vk0 * BK + vk, vv * BV + vj], zero)  # (h0 empty: 0)
+                S_w[vk, vj] = _initial(h0, vn_, vh, vk0 * BK + vk, vv * BV + vj)
         n_c: T.let = T.ceildiv(seq_len, C)  # a bound var: the pipeline pass compares it symbolically
         for c in T.serial(T.max(n_c, min_chunks)):
             for i, kk in T.grid(C, BK):
