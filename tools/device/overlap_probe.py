@@ -76,7 +76,7 @@ def plain():
 
 
 def overlapped(S):
-    n_chunks = T // C
+    n_chunks = -(-T // C)
     per = -(-n_chunks // S)
     _, _, indices = _chunk_layout(None, B, T, C, None)
     main = torch.cuda.current_stream() if CUDA else None
