@@ -442,10 +442,11 @@ class _Fragments:
         sch.tensorize(sch.get_loops(name)[-3], self.intrin["mma_b_nk" if b_nk else "mma"])
         _bind_fragment_init(sch, f"{name}_init")
 
-    def load(self, name: str, *, buf: str, transposed: bool = False) -> None:
+    def load(self, name: str, *, buf: str, transposed: bool = False, replicate: bool = False) -> None:
         """A copy ``buf[m, k] = shared[m, k]`` (block loops m, k) into the A fragments of a row-split
         product, one ldmatrix per 16x16 tile, or with ``transposed`` ``buf[m, k] = shared[k, m]`` (block
-        loops k, m) by ldmatrix.trans; warps load the 16-row tiles they own."""
+        loops k, m) by ldmatrix.trans; warps load the 16-row tiles they own, or with ``replicate`` (the A
+        operand of a column-split product) every warp all of them."""
         sch = self.sch
         blk = sch.get_sblock(name)
         self._layout(blk, "write", 0, buf)
@@ -453,9 +454,12 @@ class _Fragments:
         m, k = (inner, outer) if transposed else (outer, inner)
         m0, m1 = sch.split(m, [None, 16])
         k0, k1 = sch.split(k, [None, 16])
-        mw, m0 = sch.split(m0, [self.nw, None])
-        sch.reorder(mw, m0, k0, *((k1, m1) if transposed else (m1, k1)))
-        sch.bind(mw, "threadIdx.y")
+        if replicate:
+            sch.reorder(m0, k0, *((k1, m1) if transposed else (m1, k1)))
+        else:
+            mw, m0 = sch.split(m0, [self.nw, None])
+            sch.reorder(mw, m0, k0, *((k1, m1) if transposed else (m1, k1)))
+            sch.bind(mw, "threadIdx.y")
         sch.unroll(m0)
         sch.unroll(k0)
         sch.tensorize(k1 if transposed else m1, self.intrin["load_a_t" if transposed else "load_a"])
@@ -589,8 +593,9 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     registers. Add rule: warps own 16-row (value) tiles of Sᵀ and each loads its rows of Vᵀ
     (ldmatrix.trans) and decays them. Delta rule: where warps can own value tiles, V' is formed in
     registers (``_apply_delta_state_vt``); else (the default's single 16-wide value tile) W·odt(S) reads
-    the rounded state from shared memory, warps own its 16-row tiles, V' passes through shared memory in
-    fp32 and the update's warps own 16-column (key) tiles, each computing all of Vdᵀ.
+    the rounded state from shared memory, warps own its 16-row (chunk) tiles and decay their rows of V'
+    in the registers, V' and Vd go to shared memory rounded, and the update's warps own 16-column (key)
+    tiles, each loading all of Vdᵀ (ldmatrix.trans).
     (Nsight Compute, H200, 2 warps per CTA: the kernel is bound by each warp's instruction issue, so
     work that every warp repeated cost time directly.)"""
     n, h, jv, jk = sch.get_loops("tile")
@@ -608,16 +613,18 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
                           <= int(sch.get(sch.get_loops("S_gemm")[-2]).extent))
     if ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
-    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True, by="cols" if delta else "rows")
+    fr.gemm("S_gemm", a="Vt_w" if delta else "Vd_w", b="K_s", a_frag=True, by="cols" if delta else "rows")
     if delta and not ws_first:
         fr.gemm("WS_gemm", a="W_s", b="Y_s", b_nk=True)
     loads = [b for b in ("K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
     threads_max = 32 * fr.tiles
     for name in loads:
         _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
-    if not delta:  # Vᵀ by ldmatrix.trans, each warp its own rows, then decayed in the registers
+    if delta:  # Vdᵀ by ldmatrix.trans, all of it in every warp (the update's warps own key tiles)
+        fr.load("Vt_load", buf="Vt_w", transposed=True, replicate=True)
+    else:  # Vᵀ by ldmatrix.trans, each warp its own rows, then decayed in the registers
         fr.load("Vt_load", buf="Vt_w", transposed=True)
-    fr.elementwise("V_decay", buf="Vd_w", replicate=delta)
+        fr.elementwise("V_decay", buf="Vd_w")
     for name in ("S_init", "S_cast", "ht_store"):
         if _has(sch, name):  # (the segment-local pass keeps no h, so it has no S_cast nor h_store)
             fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
@@ -629,6 +636,8 @@ def apply_cuda_chunk_state(sch: Schedule, variant: LinearVariant, dtype: str, *,
     if delta:
         fr.elementwise("Vn_form", buf="WS_w", in_place=True)
         fr.elementwise("Vn_calc", buf="WS_w", kind="read")
+        fr.elementwise("Vn_decay", buf="WS_w", in_place=True)  # V' decayed once, by the warps that hold it
+        fr.elementwise("Vds_calc", buf="WS_w", kind="read")
         _copy(sch, "vn_store", fr.nw, threads_max, align=False)
     if variant.stages:
         _pipeline(sch, c_loop, len(loads), variant.stages)

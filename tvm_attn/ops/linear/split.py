@@ -311,10 +311,19 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     zero = tirx.const(0.0, F32)
     one = tirx.const(1.0, F32)
 
-    def values(ws, vn_s, vt_w, j, i):  # the values the state update decays, at (value j, row i), fp32
-        if vt:
-            return ws[j, i]
-        return vn_s[i, j] if delta else T.Cast(F32, vt_w[j, i])
+    def values(ws, vt_w, j, i):  # the values the state update decays, at (value j, row i), fp32 (vt or add rule)
+        return ws[j, i] if vt else T.Cast(F32, vt_w[j, i])
+
+    def vt_source(v_s, vds_s):  # what Vt_load transposes into the registers: V (add rule) or Vd (delta)
+        return vds_s if delta else v_s
+
+    def update_a(vd_w, vt_w):  # the state update's A operand Vdᵀ: loaded as it is (delta, not vt) or decayed
+        return vt_w if delta and not vt else vd_w
+
+    def decay(x, b_s, vc, i, seq_len):  # x · d_i, d_i = e^{b_C − b_i} inside the sequence, 0 past its end
+        if gated:  # (branch-free: a clamped row's gates are a real row's, so its exponent is finite and <= 0)
+            return x * (_exp(b_s[C - 1] - b_s[i]) * T.Cast(F32, vc * C + i < seq_len))
+        return T.Select(vc * C + i < seq_len, x, zero)
 
     # the delta rule's W·Y: WS_w[a, b] = Σ_k A[a, k] B[b, k], A = W, B = Y; with vt its transpose, Y·Wᵀ
     def ws_a(y_w, w_s):
@@ -326,9 +335,6 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     def u_at(u_s, a, b):  # U at WS_w's (a, b): (row, value), or with vt (value, row)
         return u_s[b, a] if vt else u_s[a, b]
 
-    def in_odt(x):  # V' as stored: Vn_s holds it rounded already with vt, in fp32 without
-        return x if vt else T.Cast(odt, x)
-
     @T.macro
     def store_vn(c, vn, Vn_s, bsel, vh, vv, bos, seq_len):  # V' out of shared memory, rows inside the sequence
         with T.sblock("vn_store_scope"):
@@ -337,7 +343,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                 with T.sblock("vn_store"):
                     vi, vj = T.axis.remap("SS", [i, j])
                     if vc * C + vi < seq_len:
-                        vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = in_odt(Vn_s[vi, vj])
+                        vn[bsel, bos + vc * C + vi, vh, vv * BV + vj] = Vn_s[vi, vj]
 
     @T.macro
     def seq(k, v, w, u, gc, h0, h, vn, ht, gt, bsel, vn_, vh, vv, vk0, bos, seq_len, cbase):
@@ -353,9 +359,12 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         eC = T.sblock_alloc_buffer((1,), F32, scope=solve)  # the state's decay e^{b_C} (1 past the end)
         # W·Y (C x BV), or with vt Y·Wᵀ (BV x C); then V' (or V'ᵀ) in place
         WS_w = T.sblock_alloc_buffer(((BV, C) if vt else (C, BV)) if delta else (1, 1), F32, scope=frag)
-        Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), odt if vt else F32, scope=acc)  # V' on its way out
-        Vd_w = T.sblock_alloc_buffer((BV, C), odt, scope=frag)  # decayed, masked values, transposed
-        Vt_w = T.sblock_alloc_buffer((1, 1) if delta else (BV, C), odt, scope=frag)  # Vᵀ (add rule)
+        Vn_s = T.sblock_alloc_buffer((C, BV) if delta else (1, 1), odt, scope=acc)  # V' (rounded) on its way out
+        # (delta, not vt) V' decayed and rounded once, by the warps that formed it: the update's Vdᵀ, loaded
+        # transposed by every warp (as the add rule loads Vᵀ)
+        Vds_s = T.sblock_alloc_buffer((C, BV) if delta and not vt else (1, 1), odt, scope=acc)
+        Vd_w = T.sblock_alloc_buffer((1, 1) if delta and not vt else (BV, C), odt, scope=frag)  # decayed values, ᵀ
+        Vt_w = T.sblock_alloc_buffer((1, 1) if vt else (BV, C), odt, scope=frag)  # Vᵀ (add rule) or Vdᵀ (delta)
         gl = T.sblock_alloc_buffer((1,), F32, scope=solve)  # (local) the segment's log decay so far
         for j, kk in T.grid(BV, BK):
             with T.sblock("S_init"):
@@ -438,32 +447,42 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                                 WS_w[va, vb] = T.Cast(F32, u_at(V_s, va, vb)) - WS_w[va, vb]
                             WS_w[va, vb] = WS_w[va, vb]
             if delta and not vt:
-                # V' to shared memory from the registers: a pass that read and wrote shared memory would
-                # get a barrier per element (TVM pools the shared buffers before placing them)
+                # V' (rounded) and Vd (decayed, rounded) to shared memory from the registers that hold V',
+                # each element once (a pass that read and wrote shared memory would get a barrier per
+                # element: TVM pools the shared buffers before placing them)
                 with T.sblock("Vn_calc_scope"):
                     for i, j in T.grid(C, BV):
                         with T.sblock("Vn_calc"):
                             vi, vj = T.axis.remap("SS", [i, j])
-                            Vn_s[vi, vj] = WS_w[vi, vj]
+                            Vn_s[vi, vj] = T.Cast(odt, WS_w[vi, vj])
+                with T.sblock("Vn_decay_scope"):  # (in the registers: a pass reading the gates from shared
+                    # memory and writing it would get a barrier per element)
+                    vc = T.axis.remap("S", [c])
+                    for i, j, r in T.grid(C, BV, 1):
+                        with T.sblock("Vn_decay"):  # in place, written as an extent-1 reduction (bindable)
+                            vi, vj, vr = T.axis.remap("SSR", [i, j, r])
+                            with T.init():
+                                WS_w[vi, vj] = decay(WS_w[vi, vj], b_s, vc, vi, seq_len)
+                            WS_w[vi, vj] = WS_w[vi, vj]
+                with T.sblock("Vds_calc_scope"):
+                    for i, j in T.grid(C, BV):
+                        with T.sblock("Vds_calc"):
+                            vi, vj = T.axis.remap("SS", [i, j])
+                            Vds_s[vi, vj] = T.Cast(odt, WS_w[vi, vj])
                 store_vn(c, vn, Vn_s, bsel, vh, vv, bos, seq_len)
-            if not delta:  # Vᵀ into the A operand's registers as it is (on CUDA: ldmatrix.trans)
+            if not vt:  # Vᵀ (add rule) or Vdᵀ (delta) into the A operand's registers as it is (CUDA: ldmatrix.trans)
                 with T.sblock("Vt_scope"):
                     for i, j in T.grid(C, BV):
                         with T.sblock("Vt_load"):
                             vi, vj = T.axis.remap("SS", [i, j])
-                            Vt_w[vj, vi] = V_s[vi, vj]
-            with T.sblock("V_decay_scope"):
-                vc = T.axis.remap("S", [c])
-                for j, i in T.grid(BV, C):
-                    with T.sblock("V_decay"):
-                        vj, vi = T.axis.remap("SS", [j, i])
-                        if gated:  # d_i = e^{b_C − b_i} inside the sequence, 0 past its end (branch-free:
-                            # a clamped row's gates are a real row's, so its exponent is finite and <= 0)
-                            Vd_w[vj, vi] = T.Cast(odt, values(WS_w, Vn_s, Vt_w, vj, vi)
-                                                  * (_exp(b_s[C - 1] - b_s[vi]) * T.Cast(F32, vc * C + vi < seq_len)))
-                        else:
-                            Vd_w[vj, vi] = T.Cast(odt, T.Select(vc * C + vi < seq_len, values(WS_w, Vn_s, Vt_w, vj, vi),
-                                                                zero))
+                            Vt_w[vj, vi] = vt_source(V_s, Vds_s)[vi, vj]
+            if not delta or vt:
+                with T.sblock("V_decay_scope"):
+                    vc = T.axis.remap("S", [c])
+                    for j, i in T.grid(BV, C):
+                        with T.sblock("V_decay"):
+                            vj, vi = T.axis.remap("SS", [j, i])
+                            Vd_w[vj, vi] = T.Cast(odt, decay(values(WS_w, Vt_w, vj, vi), b_s, vc, vi, seq_len))
             if gated:
                 with T.sblock("S_decay_scope"):
                     vc = T.axis.remap("S", [c])
@@ -479,7 +498,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         vj, vk, vl = T.axis.remap("SSR", [j, kk, l])
                         with T.init():
                             ST_w[vj, vk] = ST_w[vj, vk]
-                        ST_w[vj, vk] = ST_w[vj, vk] + T.Cast(F32, Vd_w[vj, vl]) * T.Cast(F32, K_s[vl, vk])
+                        ST_w[vj, vk] = ST_w[vj, vk] + T.Cast(F32, update_a(Vd_w, Vt_w)[vj, vl]) * T.Cast(F32, K_s[vl, vk])
             if vt:  # V' rounded into shared memory; it and h[c] stored, after the update (off the chunk's
                 # critical path: TVM's barrier planner sees one pool of shared memory, so a write into it
                 # between the products would cost two barriers on that path)
