@@ -289,8 +289,9 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     A operand, so V'ᵀ lands in the layout of Vdᵀ (the state update's A operand) and the chunk's products
     chain in registers; Y and V' (rounded) go through shared memory only on their way out (h, vn). A
     CUDA tile whose warps own value tiles (``schedules.linear``) takes it. Without it, W·Y reads Y from
-    shared memory and V' passes through it in fp32 (each warp owning key tiles of the state reads all
-    of V').
+    shared memory, V' is decayed in the registers that hold it (its rows' owners) and goes to shared
+    memory rounded twice, as V' (for vn) and as Vd, which the update loads transposed as its A operand
+    (each warp owning key tiles of the state reads all of Vdᵀ).
 
     ``local`` (add rule, varlen: part ``state_local``): the first pass of the state recurrence split
     along the sequence. Each tile walks one segment (rows ``seg_rows[p]``, whole chunks of a sequence)
