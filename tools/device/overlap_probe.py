@@ -1,6 +1,6 @@
 """Probe: the delta rules' split kernels run in S segments along the sequence on three CUDA streams, so that
 one segment's prep and output kernels overlap another segment's state kernel (which at few (sequence, head)
-pairs leaves most of the card idle: 128 CTAs of 2 warps at (1, 32768), H 16). The state kernel carries the
+pairs seems to leave most of the card idle: 128 CTAs of 2 warps at (1, 32768), H 16). The state kernel carries the
 state from one segment to the next through its final state / initial state arguments (fp32), so the result
 is the plain split form's. Not the product's code path: this times what the overlap would buy.
 
@@ -46,9 +46,9 @@ def kern(part, tiles=""):
     return get(LinearSpec(op, "chunk", D, D, _dtype_name(q), False, C, part, tiles), dev)
 
 
-if CUDA:
-    hi = torch.cuda.Stream(priority=-1)  # the state chain
-    lo_p, lo_o = torch.cuda.Stream(priority=0), torch.cuda.Stream(priority=0)
+# the state chain on a high-priority stream, prep and output on low-priority ones (None on the CPU)
+hi, lo_p, lo_o = ((torch.cuda.Stream(priority=-1), torch.cuda.Stream(priority=0), torch.cuda.Stream(priority=0))
+                  if CUDA else (None, None, None))
 
 
 def on(stream):  # torch's and tvm-ffi's current stream both set to ``stream``
@@ -88,7 +88,7 @@ def overlapped(S):
         torch.empty((1, H, D, D), dtype=torch.float32, device=dev) for _ in range(S)]
     bf = beta.float().contiguous()
     start = mark(main)
-    for st in ((hi, lo_p, lo_o) if CUDA else ()):
+    for st in (hi, lo_p, lo_o):
         wait(st, start)
     tiling = state_tiling(op, B, H, D, D, dev)
     for i in range(S):
@@ -98,17 +98,17 @@ def overlapped(S):
         r = slice(c0 * C, min(c1 * C, T))
         sl = (lambda x: x[:, r])
         gcs = [sl(gc)] if gated else []
-        with on(lo_p if CUDA else None):
+        with on(lo_p):
             kern("prep")(sl(k), sl(v), *gcs, sl(bf), sl(w), sl(u))
-            e_p = mark(lo_p if CUDA else None)
-        wait(hi if CUDA else None, e_p)
-        with on(hi if CUDA else None):
+            e_p = mark(lo_p)
+        wait(hi, e_p)
+        with on(hi):
             kern("state", tiling)(sl(k), sl(w), sl(u), *gcs, states[i], hs[c0:c1], sl(vn), states[i + 1])
-            e_s = mark(hi if CUDA else None)
-        wait(lo_o if CUDA else None, e_s)
-        with on(lo_o if CUDA else None):
+            e_s = mark(hi)
+        wait(lo_o, e_s)
+        with on(lo_o):
             kern("output")(sl(q), sl(k), sl(vn), *gcs, hs[c0:c1], sl(o), scale)
-    for st in ((hi, lo_p, lo_o) if CUDA else ()):
+    for st in (hi, lo_p, lo_o):
         wait(main, mark(st))
     return o, states[S]
 
