@@ -35,6 +35,10 @@ CUDA:
   2-element pieces of 8 rows: stored directly they cost 4x the L2 sectors, which bounded the state
   kernel). Tiles and the pipeline depth are compute-level variants (``DEFAULT_SPLIT_VARIANTS``); the
   warp count is a ``sample_perfect_tile`` knob in each.
+* the fused state and output kernel (``apply_cuda_chunk_fused``; ``ops/linear/split_fused.py``, dispatched
+  for many (sequence, head) pairs): the state kernel's CTA and register state, plus per chunk Oᵀ = Y Qᵀ
+  and Vᵀ Pᵀ with warps owning value tiles (their A operands in registers), Q Kᵀ with warps owning chunk
+  tiles (P through shared memory); no h or V' leaves the kernel.
 * gla's split kernels (``apply_cuda_chunk_state_gla`` / ``apply_cuda_chunk_output_gla``;
   ``ops/linear/split_gla.py``): the state [key, value] in registers, warps owning its 16-row key tiles,
   the decayed keys (the A operand) computed lane by lane; the output's sub-chunk scores Qr·Kr[s]ᵀ with a
@@ -67,7 +71,8 @@ def _has(sch: Schedule, name: str) -> bool:
 # CPU
 # ------------------------------------------------------------------------------------------------
 
-_GEMMS = ("A_gemm", "KS_gemm", "U_gemm", "O_gemm", "Sa_gemm", "W_gemm", "WS_gemm", "S_gemm", "OH_gemm")
+_GEMMS = ("A_gemm", "KS_gemm", "U_gemm", "O_gemm", "Sa_gemm", "W_gemm", "WS_gemm", "S_gemm", "OH_gemm", "OT_gemm",
+          "OV_gemm")
 
 
 def apply_cpu(sch: Schedule) -> None:
@@ -129,6 +134,12 @@ DEFAULT_SPLIT_VARIANTS = {
     "state_v32": LinearVariant(block_v=32, warps=2, unroll=0, stages=2),
     "state_v64": LinearVariant(block_v=64, warps=4, unroll=0, stages=1),
     "output": LinearVariant(block_v=128, warps=8, unroll=0),  # at most one warp per 16-row tile of the chunk
+    # the state and output in one kernel (many (sequence, head) pairs; ops/linear/split_fused.py): 64-wide
+    # value tiles with the whole key range, warps owning 16-row value tiles; one chunk fetched ahead (add
+    # rule: 104.5 KiB, two CTAs per SM; the delta rules, with W: 138.5 KiB, one, yet faster than two
+    # unpipelined; bench/results/h200/linear-fused-variants-20261203.json)
+    "fused": LinearVariant(block_v=64, warps=4, unroll=0, stages=1),
+    "fused_delta": LinearVariant(block_v=64, warps=4, unroll=0, stages=1),
     # gla (ops/linear/split_gla.py): its state tile is [key, value], warps own its 16-row key tiles
     # (bench/results/h200/linear-gla-kernels-20261128.json)
     "state_gla": LinearVariant(block_v=64, warps=2, unroll=0, block_k=32, stages=3),
@@ -158,6 +169,8 @@ def default_split_variant(part: str, rule: str, gate: str = "scalar", tiles: str
         if tiles not in named:
             raise ValueError(f"no tiling {tiles!r} for the {part} kernel of rule {rule!r}, gate {gate!r}")
         return DEFAULT_SPLIT_VARIANTS[f"{part}_gla_{tiles}" if gate == "vector" else f"{part}_{tiles}"]
+    if part == "fused" and rule == "delta":
+        return DEFAULT_SPLIT_VARIANTS["fused_delta"]
     if part == "state" and (rule == "delta" or gate == "vector"):
         return DEFAULT_SPLIT_VARIANTS["state_delta" if rule == "delta" else "state_gla"]
     return DEFAULT_SPLIT_VARIANTS[part]
@@ -187,6 +200,8 @@ def split_variant_space(part: str, rule: str, gate: str = "scalar", tiles: str =
         grid += [LinearVariant(128, 8, 0, 128, st) for st in (1, 2)]  # the whole state (SEGMENT_TILING's)
     elif part == "output":
         grid = [LinearVariant(bv, 8, 0) for bv in (64, 128)]
+    elif part == "fused":  # (two CTAs of the 64-wide tile fit an SM at stages 1, the delta rule's at 0)
+        grid = [LinearVariant(bv, 4 if bv >= 64 else 2, 0, 0, st) for bv in (32, 64) for st in (0, 1, 2)]
     else:
         grid = []
 
@@ -670,6 +685,57 @@ def _apply_delta_state_vt(sch: Schedule, variant: LinearVariant, dtype: str, tun
         _pipeline(sch, c_loop, len(loads), variant.stages)
 
 
+def apply_cuda_chunk_fused(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
+    """Schedule the fused state and output kernel (``ops/linear/split_fused.py``): one CTA per (sequence,
+    head, value tile) walks the chunks with the fp32 state (transposed) in registers, the next
+    ``variant.stages`` chunks' tiles (Q, K, V or W and U, b) fetched by cp.async while one computes. Warps
+    own 16-row value tiles of the state and of Oᵀ: Y = odt(Sᵀ) and the values (Vᵀ by ldmatrix.trans, its
+    rows; or V'ᵀ = Uᵀ − Y Wᵀ formed there) are their A operands in the registers, and the values decayed
+    there are the update's; Q Kᵀ's warps own 16-row chunk tiles and write P, rounded and masked, to shared
+    memory for Vᵀ Pᵀ; Oᵀ leaves through shared memory in whole rows."""
+    n, h, jv = sch.get_loops("tile")
+    sch.bind(jv, "blockIdx.x")
+    sch.bind(h, "blockIdx.y")
+    sch.bind(n, "blockIdx.z")
+    c_loop = sch.get_loops("Q_load")[-3]
+    fr = _Fragments(sch, dtype, variant, tunable)
+    # the product with the fewest warp tiles first: it samples the warp count, which divides the others'
+    value_first = int(sch.get(sch.get_loops("OT_gemm")[-3]).extent) <= int(sch.get(sch.get_loops("A_gemm")[-3]).extent)
+    if value_first:
+        fr.gemm("OT_gemm", a="Y_w", b="Q_s", b_nk=True, a_frag=True)
+    fr.gemm("A_gemm", a="Q_s", b="K_s", b_nk=True)
+    if not value_first:
+        fr.gemm("OT_gemm", a="Y_w", b="Q_s", b_nk=True, a_frag=True)
+    fr.gemm("S_gemm", a="Vd_w", b="K_s", a_frag=True)
+    fr.gemm("OV_gemm", a="Vt_w", b="P_s", b_nk=True, a_frag=True)
+    delta = _has(sch, "WS_gemm")
+    if delta:  # V'ᵀ = Uᵀ − Y Wᵀ in the registers, rounded there for Vᵀ Pᵀ, decayed there for the update
+        fr.gemm("WS_gemm", a="Y_w", b="W_s", b_nk=True, a_frag=True)
+    loads = [b for b in ("Q_load", "K_load", "W_load", "V_load", "b_load") if _has(sch, b)]
+    threads_max = 32 * fr.tiles
+    for name in loads:
+        _copy(sch, name, fr.nw, threads_max, one_d=name == "b_load")
+    if delta:
+        fr.elementwise("Vn_form", buf="WS_w", in_place=True)
+        fr.elementwise("Vn_round", buf="WS_w", kind="read")
+    else:
+        fr.load("Vt_load", buf="Vt_w", transposed=True)
+    fr.elementwise("V_decay", buf="Vd_w")
+    for name in ("S_init", "S_cast", "ht_store"):
+        fr.elementwise(name, buf="ST_w", kind="read" if name != "S_init" else "write")
+    fr.elementwise("A_mask", buf="A_w", in_place=True)
+    fr.elementwise("P_calc", buf="A_w", kind="read")
+    if _has(sch, "S_decay"):
+        fr.elementwise("S_decay", buf="ST_w", in_place=True)
+        fr.elementwise("OT_decay", buf="OT_w", in_place=True)
+    fr.elementwise("O_cast", buf="OT_w", kind="read")
+    for name in ("P_calc", "O_cast"):
+        sch.storage_align(sch.get_sblock(name), 0, axis=-2, factor=32, offset=8)
+    _copy(sch, "O_store", fr.nw, threads_max, align=False)
+    if variant.stages:
+        _pipeline(sch, c_loop, len(loads), variant.stages)
+
+
 def apply_cuda_chunk_state_gla(sch: Schedule, variant: LinearVariant, dtype: str, *, tunable: bool = False) -> None:
     """Schedule gla's split state kernel (``ops/linear/split_gla.py``): one CTA per (sequence, head, value
     tile, key tile) walks the chunks with the fp32 state tile S [BK, BV] in registers, warps owning its
@@ -785,6 +851,7 @@ def apply_cuda_chunk_part(sch: Schedule, part: str, variant: LinearVariant, dtyp
     gla = _has(sch, "G_load")  # split_gla.py's kernels
     state = apply_cuda_chunk_state_gla if gla else apply_cuda_chunk_state
     {"prep": apply_cuda_chunk_prep, "state": state, "state_local": state, "carry": apply_cuda_per_thread,
+     "fused": apply_cuda_chunk_fused,
      "cumsum": apply_cuda_per_thread,
      "output": apply_cuda_chunk_output_gla if gla else apply_cuda_chunk_output}[part](
         sch, variant, dtype, tunable=tunable)

@@ -67,7 +67,9 @@ def test_linear_split_chunk_kernels_compile_for_sm90a(op: str, dtype: str, kd: i
     from tvm_attn.ops.linear.kinds import OP_KINDS
 
     ab = "bf16" if dtype == "bfloat16" else "f16"
-    parts = ("prep", "state", "output") if OP_KINDS[op][1] == "delta" else ("state", "output")
+    gate, rule = OP_KINDS[op]
+    parts = ("prep", "state", "output") if rule == "delta" else ("state", "output")
+    parts += ("fused",) if gate != "vector" else ()
     for part in parts:
         src = _tvm.cuda_source(build_cuda(LinearSpec(op, "chunk", kd, 128, dtype, varlen, 64, part), "sm_90a"))
         # every matrix product on mma.sync fed by ldmatrix, fp32 accumulation

@@ -176,6 +176,29 @@ def test_split_state_tilings_against_reference(op: str, tiles: str, monkeypatch)
                    for sp, _ in build._by_spec), "the forced tiling's kernel was not the one called"
 
 
+@pytest.mark.parametrize("op", ["linear_attention", "simple_gla", "delta_rule", "gated_delta_rule"])
+def test_split_fused_against_reference(op: str, monkeypatch):
+    # the state and output passes as one kernel (``split_fused``; picked on a GPU once its CTAs fill it),
+    # forced: every length, dense with several value tiles (K = V = 128), uneven varlen with a one-token
+    # and an empty sequence, chunk sizes 16 and 64; fp32 and from bf16 inputs, with and without an
+    # initial state, outputs and states NaN-poisoned. No h (nor V') is stored: the call never builds the
+    # state or output kernels.
+    from tvm_attn.ops.linear import build, torch_ops
+
+    monkeypatch.setattr(torch_ops, "fused_pass", lambda *a: True)
+    monkeypatch.setattr(build, "_by_spec", {})
+    cases = [(shape(t, b=1 if t == 1000 else 2), "float32", 64, True) for t in LENGTHS]
+    cases += [(shape(200, b=1, kd=128, vd=128), "bfloat16", 64, True),
+              (shape(seqlens=[37, 200, 1, 0, 129, 64]), "float32", 16, True),
+              (shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128), "bfloat16", 64, False)]
+    for s, dtype, c, initial in cases:
+        inp = make_inputs(op, s, dtype, "cpu", seed=31)
+        check(f"split {op} fused {s} {dtype} chunk={c}", op, "chunk", inp, chunk=c, dtype=dtype, split=True,
+              initial=initial)
+    parts = {sp.part for sp, _ in build._by_spec if sp.op == op}
+    assert "fused" in parts and parts <= {"fused", "cumsum", "prep"}, parts
+
+
 @pytest.mark.parametrize("op", ["delta_rule", "gated_delta_rule"])
 def test_split_delta_state_forms_against_reference(op: str, monkeypatch):
     # the delta rule's state kernel has two computes (``split.state``'s vt: V' formed transposed in
@@ -730,6 +753,32 @@ def test_cuda_state_tiling_against_reference(op: str, tiles: str, monkeypatch):
 
 
 @requires_cuda
+@pytest.mark.parametrize("op", ["simple_gla", "linear_attention", "gated_delta_rule", "delta_rule"])
+def test_cuda_fused_against_reference(op: str, monkeypatch):
+    # the state and output passes as one kernel: at a shape with enough (sequence, head) pairs to be
+    # picked by itself, then forced at small dense and uneven varlen shapes (a one-token and an empty
+    # sequence), from an initial state and without one
+    from tvm_attn.ops.linear import build, torch_ops
+
+    def called(dtype):
+        return any(sp.op == op and sp.part == "fused" and sp.dtype == dtype for sp, _ in build._by_spec)
+
+    inp = make_inputs(op, shape(300, b=8, h=16, kd=128, vd=128), "bfloat16", "cuda", seed=23)
+    assert torch_ops.fused_pass(op, 8, 16, 128, 128, torch.device("cuda"))
+    check(f"cuda {op} fused (8, 300, 16)", op, "chunk", inp, chunk=64, dtype="bfloat16")
+    assert called("bfloat16"), "the fused kernel was not the one called"
+    monkeypatch.setattr(torch_ops, "fused_pass", lambda *a: True)
+    for dtype in ("float16", "bfloat16"):
+        for s in (shape(200, kd=128, vd=128), shape(1, kd=128, vd=64),
+                  shape(seqlens=[37, 130, 1, 0, 64], kd=64, vd=128)):
+            for initial in (True, False):
+                inp = make_inputs(op, s, dtype, "cuda", seed=19)
+                check(f"cuda {op} fused {dtype} {s} initial={initial}", op, "chunk", inp, chunk=64, dtype=dtype,
+                      initial=initial)
+        assert called(dtype)
+
+
+@requires_cuda
 @pytest.mark.parametrize("stages", [0, 2])
 def test_cuda_delta_state_pipeline_depths_against_reference(stages: int, monkeypatch):
     # the delta rule's 64-wide state tile at the pipeline depths the tuning space holds besides the
@@ -865,7 +914,9 @@ def test_cuda_split_shared_memory_plan(op: str):
 
     _tvm.import_tensor_intrin()
     _tvm._patch_lower_warp_memory()
-    parts = ("prep", "state", "output") if OP_KINDS[op][1] == "delta" else ("state", "output")
+    gate, rule = OP_KINDS[op]
+    parts = ("prep", "state", "output") if rule == "delta" else ("state", "output")
+    parts += ("fused",) if gate != "vector" else ()
     for part in parts:
         for kd, vd, c, dtype in ((128, 128, 64, "float16"), (64, 128, 32, "bfloat16"), (32, 64, 64, "float16"),
                                  (64, 64, 16, "float16")):

@@ -147,11 +147,13 @@ def test_cli_linear_ops(user_root, capsys):
     assert keys == ["linear_simple_gla_chunk_state_k128_v128_float16_c128_dense",
                     "linear_simple_gla_chunk_state_many_k128_v128_float16_c128_dense",
                     "linear_simple_gla_chunk_state_mid_k128_v128_float16_c128_dense",
-                    "linear_simple_gla_chunk_output_k128_v128_float16_c128_dense"]
+                    "linear_simple_gla_chunk_output_k128_v128_float16_c128_dense",
+                    "linear_simple_gla_chunk_fused_k128_v128_float16_c128_dense"]
     args = parser.parse_args(["tune", "--op", "gated_delta_rule", "--part", "state"])
     assert [s.tiles for s in cli._specs(args)] == ["", "v32", "v64"]  # a record per shape class
     args = parser.parse_args(["tune", "--op", "gated_delta_rule", "--tiling", "v64"])
-    assert [(s.part, s.tiles) for s in cli._specs(args)] == [("prep", ""), ("state", "v64"), ("output", "")]
+    assert [(s.part, s.tiles) for s in cli._specs(args)] == [("prep", ""), ("state", "v64"), ("output", ""),
+                                                             ("fused", "")]
     args = parser.parse_args(["tune", "--op", "simple_gla", "--part", "state", "--tiling", "default"])
     assert [s.tiles for s in cli._specs(args)] == [""]
     with pytest.raises(SystemExit, match="tilings are default, many"):

@@ -5,7 +5,7 @@ python3 -m pytest -q tests/test_linear.py -k "cuda_against_reference and chunk" 
 A=$!
 python3 -m pytest -q tests/test_linear.py -k "cuda_against_reference and not chunk" > $OUT/shardB.log 2>&1 &
 B=$!
-python3 -m pytest -q tests/test_linear.py -k "cuda_state_tiling or cuda_segmented or pipeline_depths" > $OUT/shardC.log 2>&1 &
+python3 -m pytest -q tests/test_linear.py -k "cuda_state_tiling or cuda_segmented or pipeline_depths or cuda_fused" > $OUT/shardC.log 2>&1 &
 C=$!
 rc=0
 for p in $A $B $C; do wait $p || rc=1; done

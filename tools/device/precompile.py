@@ -23,6 +23,8 @@ def specs():
         parts = [("prep", "")] if rule == "delta" else []
         parts += [("state", t) for t in ("", *SPLIT_TILINGS.get(("state", rule, gate), ()))]
         parts += [("output", "")]
+        if rule == "add" and gate != "vector":  # the fused state and output (torch_ops.fused_pass)
+            parts += [("fused", "")]
         if rule == "add" and gate != "vector" and varlen:  # the segmented state pass (torch_ops._segmented_state)
             parts += [("state_local", SEGMENT_TILING), ("state", SEGMENT_TILING), ("carry", "")]
         for part, tiles in parts:

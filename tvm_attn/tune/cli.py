@@ -25,14 +25,15 @@ def _linear_ops() -> tuple[str, ...]:
 
 def _linear_specs(args) -> list:
     """Every split chunk kernel of a linear op (K = V = head dim): prep (delta rules), state (each of its
-    tilings: one record per shape class), output."""
+    tilings: one record per shape class), output, and (not gla) the fused state and output."""
     from tvm_attn.ops.linear.build import LinearSpec
     from tvm_attn.ops.linear.kinds import OP_KINDS, SPLIT_TILINGS
 
     gate, rule = OP_KINDS[args.op]
     out = []
     for d, dt in itertools.product(args.head_dim, args.dtype):
-        for part in ("prep", "state", "output") if rule == "delta" else ("state", "output"):
+        parts = ("prep", "state", "output") if rule == "delta" else ("state", "output")
+        for part in parts + (("fused",) if gate != "vector" else ()):
             if args.part and part not in args.part:
                 continue
             tilings = ("", *SPLIT_TILINGS.get((part, rule, gate), ()))
@@ -133,7 +134,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="flash_fwd, or a linear op (its split chunk kernels, CUDA only)")
     t.add_argument("--head-dim", type=int, nargs="+", default=[128], help="head dim (linear ops: K = V)")
     t.add_argument("--chunk", type=int, default=64, help="linear ops: the chunk size tuned")
-    t.add_argument("--part", nargs="+", choices=["prep", "state", "output"], default=None,
+    t.add_argument("--part", nargs="+", choices=["prep", "state", "output", "fused"], default=None,
                    help="linear ops: only these kernels (default: all of the op's)")
     t.add_argument("--tiling", default=None, type=lambda s: "" if s == "default" else s,
                    help="linear ops: only this state tiling (one shape class: default, or a name such as "

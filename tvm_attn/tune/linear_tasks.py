@@ -25,10 +25,10 @@ def representative_shape(spec: LinearSpec, device: str) -> dict[str, int]:
     tiling (``kinds.TILING_SHAPES``: the anchors' long sequence for the default, their batch of shorter
     ones for the tilings of many (sequence, head) pairs; H 16), the state kernels given an initial state
     (N0: its sequences; a call without one passes none, ``split.state``)."""
-    from tvm_attn.ops.linear.kinds import TILING_SHAPES
+    from tvm_attn.ops.linear.kinds import FUSED_SHAPE, TILING_SHAPES
 
     _require_cuda(device)
-    b, t = TILING_SHAPES[spec.tiles]
+    b, t = FUSED_SHAPE if spec.part == "fused" else TILING_SHAPES[spec.tiles]
     return {"B": b, "T": t, "H": 16, "NTt": b * math.ceil(t / spec.chunk), "N0": b}
 
 
@@ -117,9 +117,10 @@ def flops(spec: LinearSpec, shape: dict[str, int]) -> int:
     """Matrix-product flops of the kernel at ``shape`` (2 per multiply-add)."""
     n, t, h, c = shape["B"], shape["T"], shape["H"], spec.chunk
     k, v = spec.key_dim, spec.value_dim
+    state = c * k * v + (c * k * v if spec.static.rule == "delta" else 0)  # Kᵀ V' (and W S)
+    output = c * k * v + c * c * k + c * c * v  # Q h, Q Kᵀ, P V
     per_chunk = {"prep": c * c * k + c * c * (k + v),  # K Kᵀ, W and U (the solve is not counted)
-                 "state": c * k * v + (c * k * v if spec.static.rule == "delta" else 0),  # Kᵀ V' (and W S)
-                 "output": c * k * v + c * c * k + c * c * v}[spec.part]  # Q h, Q Kᵀ, P V
+                 "state": state, "output": output, "fused": state + output}[spec.part]
     return 2 * n * h * math.ceil(t / c) * per_chunk
 
 
@@ -143,11 +144,14 @@ def part_args(spec: LinearSpec, shape: dict[str, int], device):
     h0 = torch.zeros(b, h, spec.key_dim, spec.value_dim, device=device)
     if spec.part == "prep":
         return (k, v, *gc, inp["beta"].float().contiguous(), torch.empty_like(k), torch.empty_like(v))
+    w, u = (torch.randn_like(k) * 0.1, torch.randn_like(v) * 0.1) if st.rule == "delta" else (None, None)
     if spec.part == "state":
         if st.rule == "delta":
-            w, u = torch.randn_like(k) * 0.1, torch.randn_like(v) * 0.1
             return (k, w, u, *gc, h0, hs, torch.empty_like(v), torch.empty_like(h0))
         return (k, v, *gc, h0, hs, torch.empty_like(h0))
+    if spec.part == "fused":
+        return (q, k, *((w, u) if st.rule == "delta" else (v,)), *gc, h0, torch.empty_like(v), torch.empty_like(h0),
+                scale_of(spec))
     return (q, k, v, *gc, hs, torch.empty_like(v), scale_of(spec))
 
 
@@ -196,7 +200,7 @@ def spec_from_key(key: str) -> LinearSpec:
 
     from tvm_attn.ops.linear.kinds import OP_KINDS
 
-    m = re.fullmatch(r"linear_(\w+?)_chunk_(prep|state|output)(?:_(\w+?))?_k(\d+)_v(\d+)_(\w+)_c(\d+)_(dense|varlen)",
+    m = re.fullmatch(r"linear_(\w+?)_chunk_(prep|state|output|fused)(?:_(\w+?))?_k(\d+)_v(\d+)_(\w+)_c(\d+)_(dense|varlen)",
                      key)
     if m is None or m.group(1) not in OP_KINDS:
         raise ValueError(f"{key!r} is not the key of a linear split chunk kernel")

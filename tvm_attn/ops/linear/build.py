@@ -68,6 +68,10 @@ def make_func(spec: LinearSpec, *, block_v: int, op_dtype: str | None, scopes, b
             return split.carry(st)
         if spec.part == "cumsum":
             return split.gate_cumsum(st, chunk_size=spec.chunk)
+        if spec.part == "fused":
+            from .split_fused import fused
+
+            return fused(st, **kw, block_v=block_v, frag=scopes.frag, solve=scopes.solve, min_chunks=stages)
         if spec.part in ("state", "state_local"):
             extra = {"local": True} if spec.part == "state_local" else {}
             if st.rule == "delta":

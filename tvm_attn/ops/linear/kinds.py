@@ -28,6 +28,8 @@ SPLIT_TILINGS = {("state", "add", "none"): ("many", "mid"), ("state", "add", "sc
                  ("state", "delta", "none"): ("v32", "v64"), ("state", "delta", "scalar"): ("v32", "v64")}
 # the shape class each tiling is for, (B, T) at H 16 ("" the default's): tuning measures a tiling there
 TILING_SHAPES = {"": (1, 32768), "many": (8, 2048), "mid": (2, 8192), "v64": (8, 2048), "v32": (2, 8192)}
+# the shape class of the fused state and output kernel (``split_fused``: picked for many pairs)
+FUSED_SHAPE = (8, 2048)
 # the tiling of the add rule's state passes when they run split along the sequence (one whole state
 # per CTA: the fewest re-reads of K and V; ``torch_ops.state_segment_chunks``)
 SEGMENT_TILING = "whole"

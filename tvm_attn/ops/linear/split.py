@@ -13,6 +13,9 @@ chunk forward), for the scalar-gated and ungated ops: ``linear_attention``, ``si
     output  one tile per (chunk, head, value tile), all in parallel:
                 O = scale · (eᵇ ⊙ (Q h[c]) + odt((Q Kᵀ) ⊙ Γ) (V or V'))
 
+For many (sequence, head) pairs the state and output passes run as one kernel instead (``split_fused.py``:
+no h or V' stored and read back).
+
 ``b`` is the chunk-local cumulative log decay (``gc``, fp32, computed by the caller: the sum of g from
 the chunk's first row to row i), ``b_C`` its value at the chunk's last row (rows past a sequence's end
 repeat the last valid row's value), Γ[i, j] = exp(b_i − b_j) for j ≤ i and 0 above. The math is the
@@ -41,7 +44,7 @@ from __future__ import annotations
 from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _gate_shape, _keep_params
 
-PARTS = ("prep", "state", "output")
+PARTS = ("prep", "state", "output", "fused")  # (fused: split_fused.py, not gla)
 
 
 LOG2E = 1.4426950408889634
@@ -66,6 +69,39 @@ def _initial(h0, n, h, k, j):
     return T.if_then_else(n < h0.shape[0], h0[n, h, k, j], tirx.const(0.0, F32))
 
 
+def _state_loads(st: LinearStatic, C: int, BK: int, BV: int):
+    """A macro: one chunk's tiles of the state recurrence (``split.state`` and ``split_fused``), plain
+    copies of clamped rows in this order: K (key tile ``vk0``), W (delta rules), V or U (value tile
+    ``vv``), the gates' b (gated)."""
+    K, gated, delta = st.key_dim, st.gate != "none", st.rule == "delta"
+
+    @T.macro
+    def loads(c, k, v, w, u, gc, K_s, W_s, V_s, b_s, bsel, vh, vv, vk0, bos, seq_len):
+        for i, kk in T.grid(C, BK):
+            with T.sblock("K_load"):
+                vc, vi, vk = T.axis.remap("SSS", [c, i, kk])
+                K_s[vi, vk] = k[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk0 * BK + vk]
+        if delta:
+            for i, kk in T.grid(C, K):
+                with T.sblock("W_load"):
+                    vc, vi, vk = T.axis.remap("SSS", [c, i, kk])
+                    W_s[vi, vk] = w[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
+        for i, j in T.grid(C, BV):
+            with T.sblock("V_load"):
+                vc, vi, vj = T.axis.remap("SSS", [c, i, j])
+                if delta:
+                    V_s[vi, vj] = u[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
+                else:
+                    V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
+        if gated:
+            for i in T.serial(C):
+                with T.sblock("b_load"):
+                    vc, vi = T.axis.remap("SS", [c, i])
+                    b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
+
+    return loads
+
+
 def signature(st: LinearStatic, part: str) -> list[str]:
     """Argument names of ``part``'s kernel, in order."""
     gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
@@ -78,6 +114,9 @@ def signature(st: LinearStatic, part: str) -> list[str]:
         return ["ht_local", *(["gt"] if gated else []), "h0", "seg_offsets", "hin"]
     if part == "cumsum":
         return ["g", *(["cu_seqlens", "chunk_indices"] if varlen else []), "gc"]
+    if part == "fused":  # (split_fused.py: the state and output in one pass)
+        return ["q", "k", *(["w", "u"] if delta else ["v"]), *gc, "h0", *(["cu_seqlens"] if varlen else []), "o", "ht",
+                "scale"]
     if part == "state":
         return (["k", *(["w", "u"] if delta else ["v"]), *gc, "h0",
                  *(["cu_seqlens", "chunk_offsets"] if varlen else []), "h", *(["vn"] if delta else []), "ht"])
@@ -315,6 +354,8 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     def values(ws, vt_w, j, i):  # the values the state update decays, at (value j, row i), fp32 (vt or add rule)
         return ws[j, i] if vt else T.Cast(F32, vt_w[j, i])
 
+    loads = _state_loads(st, C, BK, BV)
+
     def vt_source(v_s, vds_s):  # what Vt_load transposes into the registers: V (add rule) or Vd (delta)
         return vds_s if delta else v_s
 
@@ -379,27 +420,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                 gl[0] = zero
         n_c: T.let = T.ceildiv(seq_len, C)  # a bound var: the pipeline pass compares it symbolically
         for c in T.serial(T.max(n_c, min_chunks)):
-            for i, kk in T.grid(C, BK):
-                with T.sblock("K_load"):
-                    vc, vi, vk = T.axis.remap("SSS", [c, i, kk])
-                    K_s[vi, vk] = k[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk0 * BK + vk]
-            if delta:
-                for i, kk in T.grid(C, K):
-                    with T.sblock("W_load"):
-                        vc, vi, vk = T.axis.remap("SSS", [c, i, kk])
-                        W_s[vi, vk] = w[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vk]
-            for i, j in T.grid(C, BV):
-                with T.sblock("V_load"):
-                    vc, vi, vj = T.axis.remap("SSS", [c, i, j])
-                    if delta:
-                        V_s[vi, vj] = u[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
-                    else:
-                        V_s[vi, vj] = v[bsel, _clamped(bos, vc * C + vi, seq_len), vh, vv * BV + vj]
-            if gated:
-                for i in T.serial(C):
-                    with T.sblock("b_load"):
-                        vc, vi = T.axis.remap("SS", [c, i])
-                        b_s[vi] = gc[bsel, _clamped(bos, vc * C + vi, seq_len), vh]
+            loads(c, k, v, w, u, gc, K_s, W_s, V_s, b_s, bsel, vh, vv, vk0, bos, seq_len)
             if vt:  # Y in the registers (Y Wᵀ's A operand), and in shared memory for h[c]
                 with T.sblock("S_cast_scope"):  # (scope blocks: the fragment layout maps a block's own loops)
                     for j, kk in T.grid(BV, BK):

@@ -157,6 +157,26 @@ def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device
     return ""
 
 
+@functools.cache
+def _fused_tiles(op: str, kd: int, vd: int) -> int:
+    """CTAs per (sequence, head) of the fused state and output kernel (``split_fused``)."""
+    from ...schedules.linear import default_split_variant
+
+    gate, rule = OP_KINDS[op]
+    return math.ceil(vd / min(default_split_variant("fused", rule, gate).block_v, vd))
+
+
+def fused_pass(op: str, n: int, h: int, kd: int, vd: int, device: torch.device) -> bool:
+    """Whether the state and output passes run as one kernel (``split_fused``: no h, and for the delta
+    rules no V', stored and read back): when one CTA per (sequence, head, value tile) walking every
+    chunk fills the card (CUDA; not gla). With fewer pairs the state recurrence is the whole call's
+    latency and the split kernels spread it (and the output) over the card."""
+    gate, rule = OP_KINDS[op]
+    if device.type != "cuda" or gate == "vector":
+        return False
+    return n * h * _fused_tiles(op, kd, vd) >= STATE_FILL * _sm_count(_index(device))
+
+
 # the add rule's state pass split along the sequence (``state_segment_chunks``): no segment shorter
 SEGMENT_MIN_CHUNKS = 32
 
@@ -192,13 +212,14 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                     beta: torch.Tensor | None, initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
                     scale: float, chunk_size: int, *, out: torch.Tensor | None = None,
                     final_state: torch.Tensor | None = None,
-                    segment_chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    segment_chunks: int | None = None, fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk form of ``op`` (one of ``SPLIT_OPS``) as the kernels of ``split.py`` launched in
     sequence: prep (delta rules), state, output. Scratch in the operand dtype (fp32 on the CPU):
     per-chunk states h [chunks, H, V, K] (transposed; [chunks, H, K, V] for gla), and for the delta rules
     W, U and V' shaped like k / v. ``segment_chunks``: the add rule's state pass split along the sequence
     into segments of that many chunks (0: whole; None: ``state_segment_chunks`` decides; ignored for gla
-    and the delta rules)."""
+    and the delta rules); ``fused``: the state and output as one kernel (None: ``fused_pass`` decides;
+    ignored for gla)."""
     gate, rule = OP_KINDS[op]
     b, t, h, kd = q.shape
     vd = v.shape[-1]
@@ -221,13 +242,18 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
           else initial_state.float().contiguous())
     ht = torch.empty((n, h, kd, vd), dtype=torch.float32, device=dev) if final_state is None else final_state
     o = torch.empty(v.shape, dtype=q.dtype, device=dev) if out is None else out
-    # each chunk's incoming state, transposed ([K, V] for gla, whose decay scales the state's rows)
-    hs = torch.empty((n_chunks, h, kd, vd) if gate == "vector" else (n_chunks, h, vd, kd), dtype=sdt, device=dev)
+    fuse = gate != "vector" and (fused_pass(op, n, h, kd, vd, dev) if fused is None else fused)
     if rule == "delta":
         w = torch.empty(k.shape, dtype=sdt, device=dev)
         u = torch.empty(v.shape, dtype=sdt, device=dev)
-        vn = torch.empty(v.shape, dtype=sdt, device=dev)
         kern("prep")(k, v, *gc, beta.float().contiguous(), *seqs, *idx, w, u)
+    if fuse:  # (no h, no V')
+        kern("fused")(q, k, *([w, u] if rule == "delta" else [v]), *gc, h0, *seqs, o, ht, scale)
+        return o, ht
+    # each chunk's incoming state, transposed ([K, V] for gla, whose decay scales the state's rows)
+    hs = torch.empty((n_chunks, h, kd, vd) if gate == "vector" else (n_chunks, h, vd, kd), dtype=sdt, device=dev)
+    if rule == "delta":
+        vn = torch.empty(v.shape, dtype=sdt, device=dev)
         kern("state", state_tiling(op, n, h, kd, vd, dev))(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
         kern("output")(q, k, vn, *gc, hs, *seqs, *idx, o, scale)
     else:
