@@ -261,6 +261,17 @@ def test_split_state_tiling_by_shape(monkeypatch):
     assert tiling("gla", 8, 16, 128, 128, cuda) == "many"  # 128 whole states
     assert tiling("gla", 4, 16, 128, 128, cuda) == ""  # 64: too few
     assert tiling("simple_gla", 64, 64, 128, 128, torch.device("cpu")) == ""
+    # the fused state and output kernel: 2 CTAs of 64 values per (sequence, head) fill the card from 60 pairs;
+    # not gla; a varlen batch counts its sequences at least half as long as the longest
+    fused = torch_ops.fused_pass
+    assert fused("simple_gla", 8, 16, 128, 128, cuda) and fused("gated_delta_rule", 60, 1, 128, 128, cuda)
+    assert not fused("linear_attention", 59, 1, 128, 128, cuda) and not fused("delta_rule", 2, 16, 128, 128, cuda)
+    assert not fused("gla", 8, 16, 128, 128, cuda) and not fused("simple_gla", 8, 16, 128, 128, torch.device("cpu"))
+    assert fused("delta_rule", 119, 1, 64, 64, cuda) and not fused("delta_rule", 118, 1, 64, 64, cuda)  # V = 64
+    assert torch_ops.long_sequences(None, 8) == 8
+    assert torch_ops.long_sequences([0, 4, 8, 10, 11], 4) == 3  # 4, 4, 2 chunks of 4 count, 1 not
+    assert torch_ops.long_sequences([0, 32] + [32 + i for i in range(1, 64)], 64) == 1  # one long, 63 short
+    assert torch_ops.long_sequences([0, 0], 1) == 1
 
 
 @pytest.mark.parametrize("op", ["simple_gla", "linear_attention"])

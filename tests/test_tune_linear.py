@@ -70,7 +70,9 @@ def test_tasks_of_the_split_kernels():
                  LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "prep"),
                  LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "state"),
                  LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "state", "v64"),
-                 LinearSpec("gla", "chunk", 128, 128, "bfloat16", False, 64, "state")):
+                 LinearSpec("gla", "chunk", 128, 128, "bfloat16", False, 64, "state"),
+                 LinearSpec("simple_gla", "chunk", 128, 128, "bfloat16", False, 64, "fused"),
+                 LinearSpec("gated_delta_rule", "chunk", 128, 128, "float16", False, 64, "fused")):
         shape = L.representative_shape(spec, "cuda")
         tasks = L.tasks(spec, "cuda", shape)
         keys = [t.variant.key for t in tasks]
@@ -81,6 +83,8 @@ def test_tasks_of_the_split_kernels():
         assert L.flops(spec, shape) > 0
     many = LinearSpec("linear_attention", "chunk", 128, 128, "bfloat16", False, 64, "state", "many")
     assert L.representative_shape(many, "cuda")["B"] == 8  # the shape class of the large tiles
+    fused = LinearSpec("delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "fused")
+    assert (L.representative_shape(fused, "cuda")["B"], L.default_key(fused, "cuda")) == (8, "bv64w4u0s1")
     v32 = LinearSpec("delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state", "v32")
     assert (L.representative_shape(v32, "cuda")["B"], L.default_key(v32, "cuda")) == (2, "bv32w2u0s2")
     with pytest.raises(ValueError, match="CUDA only"):
@@ -225,3 +229,20 @@ def test_tuning_candidates_keep_their_chunk_loop(spec):
     assert src.count("\n") < 1.3 * symbolic.count("\n")
     if spec.tiles == "v64":
         assert _tvm.compile_cuda_source(src, "sm_90a", "fatbin")  # and nvcc compiles it
+
+
+
+def test_fused_warp_counts_compile():
+    # the fused state and output kernel's warp knob (a perfect tiling of its 16-row value tiles, whose
+    # count the chunk tiles' shares): 2 and 4 warps build for sm_90a, for both state rules
+    import dataclasses
+
+    from tvm_attn.ops.linear.cuda import build_cuda
+    from tvm_attn.schedules.linear import default_split_variant
+
+    for op in ("simple_gla", "gated_delta_rule"):
+        spec = LinearSpec(op, "chunk", 128, 128, "bfloat16", False, 64, "fused")
+        default = default_split_variant("fused", spec.static.rule, spec.static.gate)
+        for w in (2, 4):
+            src = _tvm.cuda_source(build_cuda(spec, "sm_90a", dataclasses.replace(default, warps=w)))
+            assert f"__launch_bounds__({32 * w})" in src and "mma.sync.aligned.m16n8k16" in src, (op, w)

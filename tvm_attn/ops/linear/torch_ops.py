@@ -177,6 +177,17 @@ def fused_pass(op: str, n: int, h: int, kd: int, vd: int, device: torch.device) 
     return n * h * _fused_tiles(op, kd, vd) >= STATE_FILL * _sm_count(_index(device))
 
 
+def long_sequences(chunk_offsets: list[int] | None, n: int) -> int:
+    """The sequences that count towards ``fused_pass``: all ``n`` when dense; when varlen (host chunk
+    offsets) those at least half as long as the longest, in chunks. The fused kernel walks each sequence
+    in one CTA, doing the output's work as well as the state's per chunk: a batch of many short sequences
+    and one long one keeps the split kernels, whose output kernel spreads the long one's chunks."""
+    if chunk_offsets is None:
+        return n
+    chunks = [e - s for s, e in zip(chunk_offsets, chunk_offsets[1:])]
+    return sum(2 * c >= max(chunks, default=0) for c in chunks)
+
+
 # the add rule's state pass split along the sequence (``state_segment_chunks``): no segment shorter
 SEGMENT_MIN_CHUNKS = 32
 
@@ -242,7 +253,9 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
           else initial_state.float().contiguous())
     ht = torch.empty((n, h, kd, vd), dtype=torch.float32, device=dev) if final_state is None else final_state
     o = torch.empty(v.shape, dtype=q.dtype, device=dev) if out is None else out
-    fuse = gate != "vector" and (fused_pass(op, n, h, kd, vd, dev) if fused is None else fused)
+    if fused is None:
+        fused = fused_pass(op, long_sequences(cu_offs, n), h, kd, vd, dev)
+    fuse = gate != "vector" and fused
     if rule == "delta":
         w = torch.empty(k.shape, dtype=sdt, device=dev)
         u = torch.empty(v.shape, dtype=sdt, device=dev)
