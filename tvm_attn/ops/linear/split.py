@@ -102,6 +102,33 @@ def _state_loads(st: LinearStatic, C: int, BK: int, BV: int):
     return loads
 
 
+def _state_update(st: LinearStatic, C: int, BK: int, BV: int):
+    """A macro: the state update of one chunk (``split.state`` and ``split_fused``), Sᵀ = e^{b_C} Sᵀ +
+    Vdᵀ K on the fp32 state tile ``ST_w`` [BV, BK] in place (gated: the decay e^{b_C} in ``eC``)."""
+    gated = st.gate != "none"
+
+    @T.macro
+    def update(c, ST_w, Vd_w, K_s, eC):
+        if gated:
+            with T.sblock("S_decay_scope"):
+                vc = T.axis.remap("S", [c])
+                for j, kk, r in T.grid(BV, BK, 1):
+                    with T.sblock("S_decay"):  # in place, written as an extent-1 reduction (bindable)
+                        vj, vk, vr = T.axis.remap("SSR", [j, kk, r])
+                        with T.init():
+                            ST_w[vj, vk] = ST_w[vj, vk] * eC[0]
+                        ST_w[vj, vk] = ST_w[vj, vk]
+        with T.sblock("S_scope"):
+            for j, kk, l in T.grid(BV, BK, C):
+                with T.sblock("S_gemm"):  # Sᵀ += Vdᵀ K, accumulated onto the state
+                    vj, vk, vl = T.axis.remap("SSR", [j, kk, l])
+                    with T.init():
+                        ST_w[vj, vk] = ST_w[vj, vk]
+                    ST_w[vj, vk] = ST_w[vj, vk] + T.Cast(F32, Vd_w[vj, vl]) * T.Cast(F32, K_s[vl, vk])
+
+    return update
+
+
 def signature(st: LinearStatic, part: str) -> list[str]:
     """Argument names of ``part``'s kernel, in order."""
     gated, delta, varlen = st.gate != "none", st.rule == "delta", st.varlen
@@ -355,6 +382,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
         return ws[j, i] if vt else T.Cast(F32, vt_w[j, i])
 
     loads = _state_loads(st, C, BK, BV)
+    update = _state_update(st, C, BK, BV)
 
     def vt_source(v_s, vds_s):  # what Vt_load transposes into the registers: V (add rule) or Vd (delta)
         return vds_s if delta else v_s
@@ -505,22 +533,7 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
                         with T.sblock("V_decay"):
                             vj, vi = T.axis.remap("SS", [j, i])
                             Vd_w[vj, vi] = T.Cast(odt, decay(values(WS_w, Vt_w, vj, vi), b_s, vc, vi, seq_len))
-            if gated:
-                with T.sblock("S_decay_scope"):
-                    vc = T.axis.remap("S", [c])
-                    for j, kk, r in T.grid(BV, BK, 1):
-                        with T.sblock("S_decay"):  # in place, written as an extent-1 reduction (bindable)
-                            vj, vk, vr = T.axis.remap("SSR", [j, kk, r])
-                            with T.init():
-                                ST_w[vj, vk] = ST_w[vj, vk] * eC[0]
-                            ST_w[vj, vk] = ST_w[vj, vk]
-            with T.sblock("S_scope"):
-                for j, kk, l in T.grid(BV, BK, C):
-                    with T.sblock("S_gemm"):  # Sᵀ += Vdᵀ K, accumulated onto the state
-                        vj, vk, vl = T.axis.remap("SSR", [j, kk, l])
-                        with T.init():
-                            ST_w[vj, vk] = ST_w[vj, vk]
-                        ST_w[vj, vk] = ST_w[vj, vk] + T.Cast(F32, update_a(Vd_w, Vt_w)[vj, vl]) * T.Cast(F32, K_s[vl, vk])
+            update(c, ST_w, update_a(Vd_w, Vt_w), K_s, eC)
             if vt:  # V' rounded into shared memory; it and h[c] stored, after the update (off the chunk's
                 # critical path: TVM's barrier planner sees one pool of shared memory, so a write into it
                 # between the products would cost two barriers on that path)

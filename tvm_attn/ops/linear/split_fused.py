@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _keep_params
-from .split import _check, _clamped, _exp, _initial, _state_loads, signature
+from .split import _check, _clamped, _exp, _initial, _state_loads, _state_update, signature
 
 
 def fused(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | None = None, smem: str = "global",
@@ -45,6 +45,7 @@ def fused(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | No
     one = tirx.const(1.0, F32)
 
     loads = _state_loads(st, C, K, BV)
+    update = _state_update(st, C, K, BV)
 
     def values(ws, vt_w, j, i):  # the values the update decays (fp32): V'ᵀ before rounding, or Vᵀ
         return ws[j, i] if delta else T.Cast(F32, vt_w[j, i])
@@ -166,21 +167,7 @@ def fused(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | No
                         else:
                             Vd_w[vj, vi] = T.Cast(odt, T.Select(vc * C + vi < seq_len, values(WS_w, Vt_w, vj, vi),
                                                                 zero))
-            if gated:
-                with T.sblock("S_decay_scope"):
-                    for j, kk, r in T.grid(BV, K, 1):
-                        with T.sblock("S_decay"):  # in place, written as an extent-1 reduction (bindable)
-                            vj, vk, vr = T.axis.remap("SSR", [j, kk, r])
-                            with T.init():
-                                ST_w[vj, vk] = ST_w[vj, vk] * eC[0]
-                            ST_w[vj, vk] = ST_w[vj, vk]
-            with T.sblock("S_scope"):
-                for j, kk, l in T.grid(BV, K, C):
-                    with T.sblock("S_gemm"):  # Sᵀ += Vdᵀ K, accumulated onto the state
-                        vj, vk, vl = T.axis.remap("SSR", [j, kk, l])
-                        with T.init():
-                            ST_w[vj, vk] = ST_w[vj, vk]
-                        ST_w[vj, vk] = ST_w[vj, vk] + T.Cast(F32, Vd_w[vj, vl]) * T.Cast(F32, K_s[vl, vk])
+            update(c, ST_w, Vd_w, K_s, eC)
             if delta:  # (after the update: V'ᵀ in fp32 is no longer live, so fewer registers are at once)
                 scores(Q_s, K_s, b_s, A_w, P_s)
             with T.sblock("OV_scope"):
