@@ -264,10 +264,15 @@ def test_split_state_tiling_by_shape(monkeypatch):
     # the fused state and output kernel: 2 CTAs of 64 values per (sequence, head) fill the card from 60 pairs;
     # not gla; a varlen batch counts its sequences at least half as long as the longest
     fused = torch_ops.fused_pass
-    assert fused("simple_gla", 8, 16, 128, 128, cuda) and fused("gated_delta_rule", 60, 1, 128, 128, cuda)
-    assert not fused("linear_attention", 59, 1, 128, 128, cuda) and not fused("delta_rule", 2, 16, 128, 128, cuda)
-    assert not fused("gla", 8, 16, 128, 128, cuda) and not fused("simple_gla", 8, 16, 128, 128, torch.device("cpu"))
-    assert fused("delta_rule", 119, 1, 64, 64, cuda) and not fused("delta_rule", 118, 1, 64, 64, cuda)  # V = 64
+    assert fused("simple_gla", 8, 16, 128, 128, 64, cuda) and fused("gated_delta_rule", 60, 1, 128, 128, 64, cuda)
+    assert not fused("linear_attention", 59, 1, 128, 128, 64, cuda)
+    assert not fused("delta_rule", 2, 16, 128, 128, 64, cuda)
+    assert not fused("gla", 8, 16, 128, 128, 64, cuda)
+    assert not fused("simple_gla", 8, 16, 128, 128, 64, torch.device("cpu"))
+    assert fused("delta_rule", 119, 1, 64, 64, 64, cuda) and not fused("delta_rule", 118, 1, 64, 64, 64, cuda)  # V = 64
+    # chunk 128: the delta rules' fused tiles exceed an SM's shared memory; 32: too few chunk tiles for 4 warps
+    assert not fused("gated_delta_rule", 8, 16, 128, 128, 128, cuda)
+    assert not fused("simple_gla", 8, 16, 128, 128, 32, cuda)
     assert torch_ops.long_sequences(None, 8) == 8
     assert torch_ops.long_sequences([0, 4, 8, 10, 11], 4) == 3  # 4, 4, 2 chunks of 4 count, 1 not
     assert torch_ops.long_sequences([0, 32] + [32 + i for i in range(1, 64)], 64) == 1  # one long, 63 short
@@ -775,7 +780,7 @@ def test_cuda_fused_against_reference(op: str, monkeypatch):
         return any(sp.op == op and sp.part == "fused" and sp.dtype == dtype for sp, _ in build._by_spec)
 
     inp = make_inputs(op, shape(300, b=8, h=16, kd=128, vd=128), "bfloat16", "cuda", seed=23)
-    assert torch_ops.fused_pass(op, 8, 16, 128, 128, torch.device("cuda"))
+    assert torch_ops.fused_pass(op, 8, 16, 128, 128, 64, torch.device("cuda"))
     check(f"cuda {op} fused (8, 300, 16)", op, "chunk", inp, chunk=64, dtype="bfloat16")
     assert called("bfloat16"), "the fused kernel was not the one called"
     monkeypatch.setattr(torch_ops, "fused_pass", lambda *a: True)

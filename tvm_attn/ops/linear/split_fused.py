@@ -11,7 +11,7 @@ transposed, Sᵀ, as in ``split.state``) and ``b`` the chunk-local cumulative lo
 
     Y  = odt(Sᵀ)                              (in the registers: the A operand of Y Qᵀ and Y Wᵀ)
     delta:  V'ᵀ = Uᵀ − Y Wᵀ                    (fp32, in the registers: split.state's vt form)
-    Oᵀ = (Y Qᵀ) ⊙ e^{b}ᵀ + odt(Vᵀ) odt((Q Kᵀ) ⊙ Γ)ᵀ     (V: v, or V' for the delta rules; P = odt((Q Kᵀ) ⊙ Γ)
+    Oᵀ = (Y Qᵀ) ⊙ e^{b}ᵀ + odt(Vᵀ) Pᵀ,  P = odt((Q Kᵀ) ⊙ Γ)   (V: v, or V' for the delta rules; P
                                                 through shared memory)
     S  = e^{b_C} S + Kᵀ odt(V ⊙ e^{b_C − b})   (split.state's update)
     o  = scale · O                            (rows inside the sequence)

@@ -166,13 +166,19 @@ def _fused_tiles(op: str, kd: int, vd: int) -> int:
     return math.ceil(vd / min(default_split_variant("fused", rule, gate).block_v, vd))
 
 
-def fused_pass(op: str, n: int, h: int, kd: int, vd: int, device: torch.device) -> bool:
+# chunk sizes the fused kernel runs at: 64, where it was measured (at 128 the delta rules' tiles exceed an
+# SM's shared memory, the add rule's fit one CTA per SM; below 64 a chunk has fewer 16-row tiles than the
+# 64-wide value tile, so Q Kᵀ's tiles would cap its warps below the 4 that own the state's rows)
+FUSED_CHUNKS = (64,)
+
+
+def fused_pass(op: str, n: int, h: int, kd: int, vd: int, chunk: int, device: torch.device) -> bool:
     """Whether the state and output passes run as one kernel (``split_fused``: no h, and for the delta
     rules no V', stored and read back): when one CTA per (sequence, head, value tile) walking every
-    chunk fills the card (CUDA; not gla). With fewer pairs the state recurrence is the whole call's
-    latency and the split kernels spread it (and the output) over the card."""
+    chunk fills the card (CUDA; not gla; chunk sizes ``FUSED_CHUNKS``). With fewer pairs the state
+    recurrence is the whole call's latency and the split kernels spread it (and the output) over the card."""
     gate, rule = OP_KINDS[op]
-    if device.type != "cuda" or gate == "vector":
+    if device.type != "cuda" or gate == "vector" or chunk not in FUSED_CHUNKS:
         return False
     return n * h * _fused_tiles(op, kd, vd) >= STATE_FILL * _sm_count(_index(device))
 
@@ -254,7 +260,7 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     ht = torch.empty((n, h, kd, vd), dtype=torch.float32, device=dev) if final_state is None else final_state
     o = torch.empty(v.shape, dtype=q.dtype, device=dev) if out is None else out
     if fused is None:
-        fused = fused_pass(op, long_sequences(cu_offs, n), h, kd, vd, dev)
+        fused = fused_pass(op, long_sequences(cu_offs, n), h, kd, vd, chunk_size, dev)
     fuse = gate != "vector" and fused
     if rule == "delta":
         w = torch.empty(k.shape, dtype=sdt, device=dev)
