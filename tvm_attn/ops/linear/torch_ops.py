@@ -231,7 +231,8 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                     final_state: torch.Tensor | None = None,
                     segment_chunks: int | None = None, fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The chunk form of ``op`` (one of ``SPLIT_OPS``) as the kernels of ``split.py`` launched in
-    sequence: prep (delta rules), state, output. Scratch in the operand dtype (fp32 on the CPU):
+    sequence: prep (delta rules), state, output (or for many pairs the state and output as one kernel,
+    ``split_fused.py``). Scratch in the operand dtype (fp32 on the CPU):
     per-chunk states h [chunks, H, V, K] (transposed; [chunks, H, K, V] for gla), and for the delta rules
     W, U and V' shaped like k / v. ``segment_chunks``: the add rule's state pass split along the sequence
     into segments of that many chunks (0: whole; None: ``state_segment_chunks`` decides; ignored for gla
