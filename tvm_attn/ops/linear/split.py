@@ -69,6 +69,15 @@ def _initial(h0, n, h, k, j):
     return T.if_then_else(n < h0.shape[0], h0[n, h, k, j], tirx.const(0.0, F32))
 
 
+def _decay(st: LinearStatic, C: int, x, b_s, vc, i, seq_len):
+    """``x`` · d_i, d_i = e^{b_C − b_i} for row ``i`` of chunk ``vc`` inside the sequence, 0 past its end
+    (the state update's decay of its values; ``split.state`` and ``split_fused``). Branch-free when
+    gated: a clamped row's gates are a real row's, so its exponent is finite and <= 0."""
+    if st.gate != "none":
+        return x * (_exp(b_s[C - 1] - b_s[i]) * T.Cast(F32, vc * C + i < seq_len))
+    return T.Select(vc * C + i < seq_len, x, tirx.const(0.0, F32))
+
+
 def _state_loads(st: LinearStatic, C: int, BK: int, BV: int):
     """A macro: one chunk's tiles of the state recurrence (``split.state`` and ``split_fused``), plain
     copies of clamped rows in this order: K (key tile ``vk0``), W (delta rules), V or U (value tile
@@ -390,10 +399,8 @@ def state(st: LinearStatic, *, chunk_size: int, block_v: int, block_k: int | Non
     def update_a(vd_w, vt_w):  # the state update's A operand Vdᵀ: loaded as it is (delta, not vt) or decayed
         return vt_w if delta and not vt else vd_w
 
-    def decay(x, b_s, vc, i, seq_len):  # x · d_i, d_i = e^{b_C − b_i} inside the sequence, 0 past its end
-        if gated:  # (branch-free: a clamped row's gates are a real row's, so its exponent is finite and <= 0)
-            return x * (_exp(b_s[C - 1] - b_s[i]) * T.Cast(F32, vc * C + i < seq_len))
-        return T.Select(vc * C + i < seq_len, x, zero)
+    def decay(x, b_s, vc, i, seq_len):  # x · d_i (``_decay``)
+        return _decay(st, C, x, b_s, vc, i, seq_len)
 
     # the delta rule's W·Y: WS_w[a, b] = Σ_k A[a, k] B[b, k], A = W, B = Y; with vt its transpose, Y·Wᵀ
     def ws_a(y_w, w_s):

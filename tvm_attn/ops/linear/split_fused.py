@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ..._tvm import T, tirx
 from .compute import F32, LinearStatic, _axes, _keep_params
-from .split import _check, _clamped, _exp, _initial, _state_loads, _state_update, signature
+from .split import _check, _clamped, _decay, _exp, _initial, _state_loads, _state_update, signature
 
 
 def fused(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | None = None, smem: str = "global",
@@ -161,12 +161,7 @@ def fused(st: LinearStatic, *, chunk_size: int, block_v: int, op_dtype: str | No
                 for j, i in T.grid(BV, C):
                     with T.sblock("V_decay"):  # d_i = e^{b_C − b_i} inside the sequence, 0 past its end
                         vj, vi = T.axis.remap("SS", [j, i])
-                        if gated:
-                            Vd_w[vj, vi] = T.Cast(odt, values(WS_w, Vt_w, vj, vi) * (
-                                _exp(b_s[C - 1] - b_s[vi]) * T.Cast(F32, vc * C + vi < seq_len)))
-                        else:
-                            Vd_w[vj, vi] = T.Cast(odt, T.Select(vc * C + vi < seq_len, values(WS_w, Vt_w, vj, vi),
-                                                                zero))
+                        Vd_w[vj, vi] = T.Cast(odt, _decay(st, C, values(WS_w, Vt_w, vj, vi), b_s, vc, vi, seq_len))
             update(c, ST_w, Vd_w, K_s, eC)
             if delta:  # (after the update: V'ᵀ in fp32 is no longer live, so fewer registers are at once)
                 scores(Q_s, K_s, b_s, A_w, P_s)

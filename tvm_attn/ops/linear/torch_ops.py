@@ -123,13 +123,14 @@ def _index(device: torch.device) -> int:
 
 
 @functools.cache
-def _state_tiles(op: str, kd: int, vd: int, tiles: str) -> int:
-    """CTAs per (sequence, head) of the state kernel in tiling ``tiles`` ("" the default)."""
+def _tiles_per_pair(part: str, op: str, kd: int, vd: int, tiles: str = "") -> int:
+    """CTAs per (sequence, head) of the state or fused kernel (``part``) in tiling ``tiles`` ("" the default)."""
     from ...schedules.linear import default_split_variant
 
     gate, rule = OP_KINDS[op]
-    var = default_split_variant("state", rule, gate, tiles)
+    var = default_split_variant(part, rule, gate, tiles)
     return math.ceil(vd / min(var.block_v, vd)) * math.ceil(kd / min(var.block_k or kd, kd))
+
 
 
 # a state tiling "fills the card" when its CTAs number at least this share of the SMs (a 128-CTA grid,
@@ -150,20 +151,11 @@ def state_tiling(op: str, n: int, h: int, kd: int, vd: int, device: torch.device
     if device.type != "cuda" or not named:
         return ""
     fill = STATE_FILL * _sm_count(_index(device))
-    ctas = {t: _state_tiles(op, kd, vd, t) for t in named}
+    ctas = {t: _tiles_per_pair("state", op, kd, vd, t) for t in named}
     for tiles in sorted(named, key=ctas.get):  # (at K or V = 64 a wider tiling may equal the default)
-        if ctas[tiles] < _state_tiles(op, kd, vd, "") and n * h * ctas[tiles] >= fill:
+        if ctas[tiles] < _tiles_per_pair("state", op, kd, vd, "") and n * h * ctas[tiles] >= fill:
             return tiles
     return ""
-
-
-@functools.cache
-def _fused_tiles(op: str, kd: int, vd: int) -> int:
-    """CTAs per (sequence, head) of the fused state and output kernel (``split_fused``)."""
-    from ...schedules.linear import default_split_variant
-
-    gate, rule = OP_KINDS[op]
-    return math.ceil(vd / min(default_split_variant("fused", rule, gate).block_v, vd))
 
 
 # chunk sizes the fused kernel runs at: 64, where it was measured (at 128 the delta rules' tiles exceed an
@@ -180,7 +172,7 @@ def fused_pass(op: str, n: int, h: int, kd: int, vd: int, chunk: int, device: to
     gate, rule = OP_KINDS[op]
     if device.type != "cuda" or gate == "vector" or chunk not in FUSED_CHUNKS:
         return False
-    return n * h * _fused_tiles(op, kd, vd) >= STATE_FILL * _sm_count(_index(device))
+    return n * h * _tiles_per_pair("fused", op, kd, vd) >= STATE_FILL * _sm_count(_index(device))
 
 
 def long_sequences(chunk_offsets: list[int] | None, n: int) -> int:
@@ -216,9 +208,9 @@ def state_segment_chunks(op: str, n: int, h: int, kd: int, vd: int, max_chunks: 
     if device.type != "cuda" or rule != "add" or gate == "vector":
         return 0
     sms = _sm_count(_index(device))
-    if n * h * _state_tiles(op, kd, vd, "") > sms:  # the whole pass's small tiles already fill the card
+    if n * h * _tiles_per_pair("state", op, kd, vd, "") > sms:  # the whole pass's small tiles already fill the card
         return 0
-    pieces = sms // (n * h * _state_tiles(op, kd, vd, SEGMENT_TILING))
+    pieces = sms // (n * h * _tiles_per_pair("state", op, kd, vd, SEGMENT_TILING))
     if pieces < 2:
         return 0
     seg = math.ceil(max_chunks / pieces)
