@@ -279,23 +279,28 @@ def test_split_state_tiling_by_shape(monkeypatch):
     assert torch_ops.long_sequences([0, 0], 1) == 1
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["state", "fused"])
 @pytest.mark.parametrize("op", ["simple_gla", "linear_attention"])
-def test_split_segmented_state_against_reference(op: str, monkeypatch):
-    # the add rule's state pass split along the sequence (segment-local pass, carry, state pass on the
-    # segments): dense rows and uneven varlen (a one-token and an empty sequence, lengths that end
-    # mid-chunk and on a segment boundary), segments of one, two and three chunks, from a random
-    # initial state, outputs and final states NaN-poisoned
-    from tvm_attn.ops.linear import torch_ops
+def test_split_segmented_against_reference(op: str, fused: bool, monkeypatch):
+    # the add rule's recurrence split along the sequence (segment-local pass, carry, then the state pass
+    # or the fused state and output kernel on the segments): dense rows and uneven varlen (a one-token
+    # and an empty sequence, lengths that end mid-chunk and on a segment boundary), segments of one, two
+    # and three chunks, from a random initial state, outputs and final states NaN-poisoned
+    from tvm_attn.ops.linear import build, torch_ops
 
+    monkeypatch.setattr(build, "_by_spec", {})
     whole = torch_ops.run_chunk_split
     for s in (shape(300), shape(seqlens=[37, 200, 1, 0, 129, 64, 96])):
         for dtype in ("float32", "bfloat16"):
             inp = make_inputs(op, s, dtype, "cpu", seed=23)
             for seg in (1, 2, 3):
                 monkeypatch.setattr(sys.modules[__name__], "run_chunk_split",
-                                    lambda *a, **kw: whole(*a, **kw, segment_chunks=seg))
-                check(f"split {op} segments of {seg} chunks {s} {dtype}", op, "chunk", inp, chunk=32, dtype=dtype,
-                      split=True)
+                                    lambda *a, **kw: whole(*a, **kw, segment_chunks=seg, fused=fused))
+                check(f"split {op} segments of {seg} chunks {'fused ' if fused else ''}{s} {dtype}", op, "chunk",
+                      inp, chunk=32, dtype=dtype, split=True)
+    parts = {sp.part for sp, _ in build._by_spec if sp.op == op}
+    assert parts == {"state_local", "carry", "fused" if fused else "state", *(["output"] if not fused else []),
+                     *(["cumsum"] if op == "simple_gla" else [])}, parts
 
 
 @pytest.mark.parametrize("op", ["simple_gla", "gla", "gated_delta_rule"])
@@ -338,6 +343,36 @@ def test_state_segment_chunks_by_shape(monkeypatch):
     for op in ("gla", "delta_rule", "gated_delta_rule"):
         assert seg(op, 1, 16, 128, 128, 512, cuda) == 0
     assert seg("simple_gla", 1, 16, 128, 128, 512, torch.device("cpu")) == 0
+
+
+def test_fused_segment_chunks_by_shape(monkeypatch):
+    # the fused kernel on segments when its unsplit CTAs (2 per (sequence, head) at V = 128) would leave
+    # SMs idle: as many segments as keep the CTAs within 2 per SM, none under 16 chunks; at chunk 64
+    # only, never for gla or the delta rules, nor on the CPU; and what the call then runs
+    from tvm_attn.ops.linear import build, torch_ops
+
+    monkeypatch.setattr(torch_ops, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    seg = torch_ops.fused_segment_chunks
+    assert seg("simple_gla", 1, 16, 128, 128, 64, 512, cuda) == 64  # T = 32768: 8 segments of 32 CTAs
+    assert seg("linear_attention", 2, 16, 128, 128, 64, 128, cuda) == 32  # T = 8192: 4 segments per sequence
+    assert seg("simple_gla", 1, 16, 128, 128, 64, 128, cuda) == 16
+    assert seg("simple_gla", 1, 16, 128, 128, 64, 100, cuda) == 0  # segments of 13 chunks: too short
+    assert seg("simple_gla", 4, 16, 128, 128, 64, 64, cuda) == 0  # 128 CTAs: the unsplit kernel fills the card
+    assert seg("simple_gla", 3, 16, 128, 128, 64, 512, cuda) == 256  # 96 CTAs: still two segments
+    assert seg("simple_gla", 1, 4, 128, 128, 64, 2000, cuda) == 61  # 8 CTAs: 33 segments
+    assert seg("simple_gla", 1, 16, 128, 128, 32, 1024, cuda) == 0  # chunk 32
+    for op in ("gla", "delta_rule", "gated_delta_rule"):
+        assert seg(op, 1, 16, 128, 128, 64, 512, cuda) == 0
+    assert seg("simple_gla", 1, 16, 128, 128, 64, 512, torch.device("cpu")) == 0
+    # a call with the fused kernel on segments builds no state or output kernel (the kernels built for
+    # the CPU, the decision forced as on an H200 at (1, 1024))
+    monkeypatch.setattr(build, "_by_spec", {})
+    monkeypatch.setattr(torch_ops, "fused_segment_chunks", lambda *a: 4)
+    inp = make_inputs("simple_gla", shape(1000, b=1), "float32", "cpu", seed=3)
+    check("split simple_gla fused on segments (picked)", "simple_gla", "chunk", inp, chunk=64, dtype="float32",
+          split=True)
+    assert {sp.part for sp, _ in build._by_spec} == {"cumsum", "state_local", "carry", "fused"}
 
 
 def test_split_chunk_layout_and_cumsum():
@@ -816,9 +851,11 @@ def test_cuda_delta_state_pipeline_depths_against_reference(stages: int, monkeyp
 
 
 @requires_cuda
+@pytest.mark.parametrize("fused", [False, True], ids=["state", "fused"])
 @pytest.mark.parametrize("op", ["simple_gla", "linear_attention"])
-def test_cuda_segmented_state_against_reference(op: str):
-    # the state pass split along the sequence, forced (it is picked for few, long sequences)
+def test_cuda_segmented_against_reference(op: str, fused: bool):
+    # the recurrence split along the sequence, then the state pass or the fused state and output kernel
+    # on the segments, forced (picked for few, long sequences)
     from tvm_attn.ops.linear.torch_ops import run_chunk_split
 
     for dtype in ("float16", "bfloat16"):
@@ -830,11 +867,12 @@ def test_cuda_segmented_state_against_reference(op: str):
             out = torch.full(inp["v"].shape, float("nan"), dtype=inp["q"].dtype, device="cuda")
             final = torch.full((n, s["H"], s["K"], s["V"]), float("nan"), device="cuda")
             run_chunk_split(op, inp["q"], inp["k"], inp["v"], *extras(op, inp), h0, cu, s["K"] ** -0.5, 64,
-                            out=out, final_state=final, segment_chunks=seg)
+                            out=out, final_state=final, segment_chunks=seg, fused=fused)
             ref, ref_ht = reference(op, inp, initial_state=h0)
             ref_lowp, ref_ht_lowp = reference(op, inp, initial_state=h0, upcast=False)
-            assert_fa_rule(f"cuda {op} segmented {dtype} {s} o", out, ref, ref_lowp)
-            assert_fa_rule(f"cuda {op} segmented {dtype} {s} final state", final, ref_ht, ref_ht_lowp)
+            name = f"cuda {op} segmented{' fused' if fused else ''} {dtype} {s}"
+            assert_fa_rule(f"{name} o", out, ref, ref_lowp)
+            assert_fa_rule(f"{name} final state", final, ref_ht, ref_ht_lowp)
 
 
 def _smem_overlaps(pre, post) -> list[str]:

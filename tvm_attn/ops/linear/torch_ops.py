@@ -217,6 +217,38 @@ def state_segment_chunks(op: str, n: int, h: int, kd: int, vd: int, max_chunks: 
     return seg if SEGMENT_MIN_CHUNKS <= seg < max_chunks else 0
 
 
+# the fused kernel run on segments (``fused_segment_chunks``): as many segments as keep the CTAs within this
+# many per SM (the add rule's fused kernel fits two), none shorter than FUSED_SEGMENT_MIN_CHUNKS (16-chunk
+# segments were the fastest measured at (1, 8192, 16, 128) on an H200; shorter ones were not measured)
+FUSED_SEGMENT_FILL = 2.0
+FUSED_SEGMENT_MIN_CHUNKS = 16
+
+
+def fused_segment_chunks(op: str, n: int, h: int, kd: int, vd: int, chunk: int, max_chunks: int,
+                         device: torch.device) -> int:
+    """Chunks per segment when the fused state and output kernel runs on the sequences split along their
+    length, 0 when it does not (add rule, scalar or no gate, chunk sizes ``FUSED_CHUNKS``).
+
+    With too few (sequence, head) pairs for ``fused_pass`` the fused kernel's CTAs would leave SMs idle.
+    Split into segments, the add rule's state recurrence becomes parallel: a segment-local pass gives each
+    segment's own state change, the carry chains them into every segment's incoming state (as in the
+    segmented state pass, ``state_segment_chunks``), and the fused kernel walks every segment at once
+    from its incoming state: no h stored and read back. As many segments per sequence as keep the CTAs
+    within ``FUSED_SEGMENT_FILL`` x the SMs (at least two), none shorter than ``FUSED_SEGMENT_MIN_CHUNKS``
+    (simple_gla on an H200: (1, 32768, 16, 128) 0.478 -> 0.369 ms, (2, 8192) 0.217 -> 0.198, (1, 8192)
+    0.151 -> 0.112; bench/results/h200/linear-segment-fused-20261203.json)."""
+    gate, rule = OP_KINDS[op]
+    if device.type != "cuda" or rule != "add" or gate == "vector" or chunk not in FUSED_CHUNKS:
+        return 0
+    sms = _sm_count(_index(device))
+    ctas = n * h * _tiles_per_pair("fused", op, kd, vd)
+    if ctas >= STATE_FILL * sms:  # the fused kernel fills the card unsplit
+        return 0
+    pieces = int(FUSED_SEGMENT_FILL * sms // ctas)  # (rounded down: no second wave for a few segments)
+    seg = math.ceil(max_chunks / max(pieces, 2))
+    return seg if FUSED_SEGMENT_MIN_CHUNKS <= seg < max_chunks else 0
+
+
 def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None,
                     beta: torch.Tensor | None, initial_state: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
                     scale: float, chunk_size: int, *, out: torch.Tensor | None = None,
@@ -226,10 +258,11 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     sequence: prep (delta rules), state, output (or for many pairs the state and output as one kernel,
     ``split_fused.py``). Scratch in the operand dtype (fp32 on the CPU):
     per-chunk states h [chunks, H, V, K] (transposed; [chunks, H, K, V] for gla), and for the delta rules
-    W, U and V' shaped like k / v. ``segment_chunks``: the add rule's state pass split along the sequence
-    into segments of that many chunks (0: whole; None: ``state_segment_chunks`` decides; ignored for gla
-    and the delta rules); ``fused``: the state and output as one kernel (None: ``fused_pass`` decides;
-    ignored for gla)."""
+    W, U and V' shaped like k / v. ``fused``: the state and output as one kernel (None: ``fused_pass``
+    or ``fused_segment_chunks`` decides; ignored for gla). ``segment_chunks``: the add rule's recurrence
+    split along the sequence into segments of that many chunks, then the state pass or the fused kernel
+    run on the segments (0: whole; None: ``fused_segment_chunks`` decides when fused,
+    ``state_segment_chunks`` when not; ignored for gla and the delta rules)."""
     gate, rule = OP_KINDS[op]
     b, t, h, kd = q.shape
     vd = v.shape[-1]
@@ -252,13 +285,23 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
           else initial_state.float().contiguous())
     ht = torch.empty((n, h, kd, vd), dtype=torch.float32, device=dev) if final_state is None else final_state
     o = torch.empty(v.shape, dtype=q.dtype, device=dev) if out is None else out
+    max_chunks = max((e - s for s, e in zip(cu_offs, cu_offs[1:])), default=0) if varlen \
+        else math.ceil(t / chunk_size)
+    n_long = long_sequences(cu_offs, n)
+    fused_seg = fused_segment_chunks(op, n_long, h, kd, vd, chunk_size, max_chunks, dev)
     if fused is None:
-        fused = fused_pass(op, long_sequences(cu_offs, n), h, kd, vd, chunk_size, dev)
+        fused = fused_pass(op, n_long, h, kd, vd, chunk_size, dev) or fused_seg > 0
     fuse = gate != "vector" and fused
+    if segment_chunks is None:
+        segment_chunks = fused_seg if fuse else state_segment_chunks(op, n, h, kd, vd, max_chunks, dev)
+    seg = segment_chunks if rule == "add" and gate != "vector" and 0 < segment_chunks < max_chunks else 0
     if rule == "delta":
         w = torch.empty(k.shape, dtype=sdt, device=dev)
         u = torch.empty(v.shape, dtype=sdt, device=dev)
         kern("prep")(k, v, *gc, beta.float().contiguous(), *seqs, *idx, w, u)
+    if fuse and seg:  # (no h: the segments' incoming states only)
+        _segmented(op, q, k, v, gc, h0, cu, cu_offs, b, t, chunk_size, seg, ht, o=o, scale=scale)
+        return o, ht
     if fuse:  # (no h, no V')
         kern("fused")(q, k, *([w, u] if rule == "delta" else [v]), *gc, h0, *seqs, o, ht, scale)
         return o, ht
@@ -269,32 +312,32 @@ def run_chunk_split(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         kern("state", state_tiling(op, n, h, kd, vd, dev))(k, w, u, *gc, h0, *seqs, *offs, hs, vn, ht)
         kern("output")(q, k, vn, *gc, hs, *seqs, *idx, o, scale)
     else:
-        max_chunks = max((e - s for s, e in zip(cu_offs, cu_offs[1:])), default=0) if varlen \
-            else math.ceil(t / chunk_size)
-        seg = (state_segment_chunks(op, n, h, kd, vd, max_chunks, dev) if segment_chunks is None
-               else segment_chunks)
-        if gate != "vector" and 0 < seg < max_chunks:
-            _segmented_state(op, k, v, gc, h0, cu, cu_offs, b, t, chunk_size, seg, hs, ht)
+        if seg:
+            _segmented(op, q, k, v, gc, h0, cu, cu_offs, b, t, chunk_size, seg, ht, hs=hs)
         else:
             kern("state", state_tiling(op, n, h, kd, vd, dev))(k, v, *gc, h0, *seqs, *offs, hs, ht)
         kern("output")(q, k, v, *gc, hs, *seqs, *idx, o, scale)
     return o, ht
 
 
-def _segmented_state(op: str, k: torch.Tensor, v: torch.Tensor, gc: list, h0: torch.Tensor, cu: list[int] | None,
-                     cu_offs: list[int] | None, b: int, t: int, chunk: int, seg_chunks: int, hs: torch.Tensor,
-                     ht: torch.Tensor) -> None:
-    """The add rule's state pass split along the sequence (``state_segment_chunks``): the segment-local
-    pass, the carry, then the state pass on the segments as a varlen batch, both passes in the whole-state
-    tiling; writes the same h and final states as the whole pass. Dense inputs are viewed as one
-    flattened sequence of rows."""
+def _segmented(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gc: list, h0: torch.Tensor,
+               cu: list[int] | None, cu_offs: list[int] | None, b: int, t: int, chunk: int, seg_chunks: int,
+               ht: torch.Tensor, *, hs: torch.Tensor | None = None, o: torch.Tensor | None = None,
+               scale: float = 1.0) -> None:
+    """The add rule's recurrence split along the sequence into segments of ``seg_chunks`` chunks
+    (``state_segment_chunks``, ``fused_segment_chunks``): the segment-local pass and the carry (each
+    segment's incoming state), then on the segments as a varlen batch either the state pass (``hs``
+    given: writes the same h as the whole pass; both passes in the whole-state tiling) or the fused
+    state and output kernel (``o`` given: writes the output). Writes the final states ``ht``. Dense
+    inputs are viewed as one flattened sequence of rows."""
     _, _, h, kd = k.shape
     vd = v.shape[-1]
     dev = k.device
     if cu is None:
         bounds, bases = tuple(range(0, b * t + 1, t)), tuple(n * math.ceil(t / chunk) for n in range(b))
         seg_cu, seg_offs, seg_rows, seg_first, last = _dense_segment_plan(bounds, bases, chunk, seg_chunks, dev)
-        k, v = k.view(1, b * t, h, kd), v.view(1, b * t, h, vd)
+        q, k, v = q.view(1, b * t, h, kd), k.view(1, b * t, h, kd), v.view(1, b * t, h, vd)
+        o = None if o is None else o.view(1, b * t, h, vd)
         gc = [g.view(1, b * t, h) for g in gc]
     else:
         seg_cu, seg_offs, seg_rows, seg_first, last = _segment_plan(tuple(cu), tuple(cu_offs), chunk, seg_chunks, dev)
@@ -311,7 +354,10 @@ def _segmented_state(op: str, k: torch.Tensor, v: torch.Tensor, gc: list, h0: to
     hin = torch.empty((n_seg, h, kd, vd), **f32)
     kern("carry", "")(ht_local, *gt, h0, seg_first, hin)
     ht_seg = torch.empty((n_seg, h, kd, vd), **f32)
-    kern("state")(k, v, *gc, hin, seg_cu, seg_offs, hs, ht_seg)
+    if hs is not None:
+        kern("state")(k, v, *gc, hin, seg_cu, seg_offs, hs, ht_seg)
+    else:
+        kern("fused", "")(q, k, v, *gc, hin, seg_cu, o, ht_seg, scale)
     torch.index_select(ht_seg, 0, last, out=ht)
 
 
