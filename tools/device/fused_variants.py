@@ -4,7 +4,7 @@ depth), each forced as the default (``DEFAULT_SPLIT_VARIANTS["fused"]``, the del
 through the public call at (B, T) shapes of many (sequence, head) pairs (bf16, H 16, K = V = 128),
 checked against the fp32 reference (max abs error of o) and timed per kernel
 (``kernel_breakdown.per_kernel``), with the split kernels (state + output) of the same call forced in the
-same process ("split"). Writes
+same process ("split"); never on segments of the sequences (``segment_variants.py``). Writes
 $OUT/fused_variants.json after every point.
     python tools/device/fused_variants.py op[,op] B:T[,B:T] bv:warps:stages[,...]"""
 from __future__ import annotations
@@ -14,11 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from bench.driver import provenance, write_json_atomic
-from tools.device.kernel_breakdown import per_kernel
-from tvm_attn import registry
+from tools.device.kernel_breakdown import anchor_case, checked_kernels
 from tvm_attn.ops.linear import build, torch_ops
 from tvm_attn.ops.linear.kinds import OP_KINDS
 from tvm_attn.schedules import linear as sched
@@ -31,18 +28,15 @@ OUT = Path(os.environ.get("OUT", ".")) / "fused_variants.json"
 
 
 def main():
-    fused_pass = torch_ops.fused_pass
+    fused_pass, fused_segments = torch_ops.fused_pass, torch_ops.fused_segment_chunks
+    torch_ops.fused_segment_chunks = lambda *a: 0  # (the kernel on whole sequences only)
     dispatch.lookup = lambda spec, tgt: None
     res = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "rows": []}
     for op in OPS:
-        entry = registry.get(op)
         key = "fused_delta" if OP_KINDS[op][1] == "delta" else "fused"
         shipped = sched.DEFAULT_SPLIT_VARIANTS[key]
         for b, t in BT:
-            shape = {"B": b, "T": t, "H": 16, "K": 128, "V": 128, "form": "chunk", "chunk_size": 64}
-            inputs = entry.make_inputs(shape, torch.bfloat16, "cuda", seed=0)
-            ref = entry.run_reference(inputs, shape)
-            ref = (ref[0] if isinstance(ref, tuple) else ref).float()
+            entry, shape, inputs, ref = anchor_case(op, b, t)
             row = {"op": op, "B": b, "T": t, "shipped": shipped.key, "variants": {}}
             for vt in [None, *VARIANTS]:
                 if vt is None:
@@ -52,21 +46,12 @@ def main():
                     sched.DEFAULT_SPLIT_VARIANTS[key] = var
                     torch_ops.fused_pass, name = (lambda *a: True), var.key
                 build._by_spec.clear()
-                try:
-                    out = entry.run(inputs, shape)
-                    o = out[0] if isinstance(out, tuple) else out
-                    err = float((o.float() - ref).abs().max())
-                    row["variants"][name] = {"max_err": err, "kernels": per_kernel(lambda: entry.run(inputs, shape))}
-                    ks = row["variants"][name]["kernels"]
-                    print(f"{op} ({b}, {t}) {name}: err {err} total {sum(k['us'] for k in ks):.1f} us "
-                          + str([round(k['us'], 1) for k in ks]), flush=True)
-                except Exception as e:  # noqa: BLE001
-                    row["variants"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-                    print(f"{op} ({b}, {t}) {name}: FAILED {str(e)[:300]}", flush=True)
+                row["variants"][name] = checked_kernels(entry, shape, inputs, ref, f"{op} ({b}, {t}) {name}")
             sched.DEFAULT_SPLIT_VARIANTS[key] = shipped
             torch_ops.fused_pass = fused_pass
             res["rows"].append(row)
             write_json_atomic(res, OUT)
+    torch_ops.fused_segment_chunks = fused_segments
 
 
 if __name__ == "__main__":

@@ -40,6 +40,32 @@ def per_kernel(fn) -> list[dict]:
     return out
 
 
+def anchor_case(op: str, b: int, t: int):
+    """(registry entry, shape, bf16 CUDA inputs, the fp32 reference's o) of ``op`` at (b, t) with H 16,
+    K = V = 128, chunk 64: the case the variant scripts force their kernels on."""
+    entry = registry.get(op)
+    shape = {"B": b, "T": t, "H": 16, "K": 128, "V": 128, "form": "chunk", "chunk_size": 64}
+    inputs = entry.make_inputs(shape, torch.bfloat16, "cuda", seed=0)
+    ref = entry.run_reference(inputs, shape)
+    return entry, shape, inputs, (ref[0] if isinstance(ref, tuple) else ref).float()
+
+
+def checked_kernels(entry, shape, inputs, ref, label: str) -> dict:
+    """One call of ``entry`` checked against ``ref`` (max abs error of o), then its kernels timed
+    (``per_kernel``), printed under ``label``; a failure is recorded, not raised."""
+    try:
+        out = entry.run(inputs, shape)
+        o = out[0] if isinstance(out, tuple) else out
+        err = float((o.float() - ref).abs().max())
+        ks = per_kernel(lambda: entry.run(inputs, shape))
+        print(f"{label}: err {err} total {sum(k['us'] for k in ks):.1f} us " + str([round(k['us'], 1) for k in ks]),
+              flush=True)
+        return {"max_err": err, "kernels": ks}
+    except Exception as e:  # noqa: BLE001
+        print(f"{label}: FAILED {str(e)[:300]}", flush=True)
+        return {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
 def main():
     res = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "rows": [], "complete": False}
     for op in OPS:

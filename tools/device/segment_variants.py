@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from bench.driver import provenance, write_json_atomic
-from tools.device.kernel_breakdown import per_kernel
-from tvm_attn import registry
+from tools.device.kernel_breakdown import anchor_case, checked_kernels
 from tvm_attn.ops.linear import torch_ops
 from tvm_attn.tune import dispatch
 
@@ -31,29 +30,15 @@ def main():
     dispatch.lookup = lambda spec, tgt: None
     res = {"provenance": provenance("cuda"), "method": __doc__.split("   python")[0], "rows": []}
     for op in OPS:
-        entry = registry.get(op)
         for b, t in BT:
-            shape = {"B": b, "T": t, "H": 16, "K": 128, "V": 128, "form": "chunk", "chunk_size": 64}
-            inputs = entry.make_inputs(shape, torch.bfloat16, "cuda", seed=0)
-            ref = entry.run_reference(inputs, shape)
-            ref = (ref[0] if isinstance(ref, tuple) else ref).float()
+            entry, shape, inputs, ref = anchor_case(op, b, t)
             auto = shipped(op, b, 16, 128, 128, 64, -(-t // 64), torch.device("cuda", 0))
             row = {"op": op, "B": b, "T": t, "auto_segment_chunks": auto, "variants": {}}
             for seg in ["auto", "split", *SEGS]:
                 torch_ops.fused_segment_chunks = (shipped if seg == "auto" else
                                                   (lambda *a, s=seg: 0 if s == "split" else s))
                 name = seg if isinstance(seg, str) else f"fused_seg{seg}"
-                try:
-                    out = entry.run(inputs, shape)
-                    o = out[0] if isinstance(out, tuple) else out
-                    err = float((o.float() - ref).abs().max())
-                    ks = per_kernel(lambda: entry.run(inputs, shape))
-                    row["variants"][name] = {"max_err": err, "kernels": ks}
-                    print(f"{op} ({b}, {t}) {name}: err {err} total {sum(k['us'] for k in ks):.1f} us "
-                          + str([round(k['us'], 1) for k in ks]), flush=True)
-                except Exception as e:  # noqa: BLE001
-                    row["variants"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-                    print(f"{op} ({b}, {t}) {name}: FAILED {str(e)[:300]}", flush=True)
+                row["variants"][name] = checked_kernels(entry, shape, inputs, ref, f"{op} ({b}, {t}) {name}")
             torch_ops.fused_segment_chunks = shipped
             res["rows"].append(row)
             write_json_atomic(res, OUT)
