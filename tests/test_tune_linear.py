@@ -204,6 +204,34 @@ def test_tune_end_to_end_with_a_stand_in_runner(tmp_path, monkeypatch):
     assert cuda_plan(SPEC, TGT).name.startswith("tuned_")
 
 
+def test_a_run_killed_in_its_first_round_keeps_the_measured_batches(tmp_path, monkeypatch):
+    # each measured batch is persisted before the next is sent, also while not every task has had its
+    # first batch (the gradient task scheduler joined none of them until then: a run killed in its first
+    # round, a variant space's 2-11 tasks, lost every measurement); the run dies in the runner's second
+    # batch, after the first batch's records reached the folder
+    from tvm_attn.tune import run
+
+    ms = _tvm.ms
+    assert len(L.tasks(SPEC, "cuda", L.representative_shape(SPEC, "cuda"))) >= 2
+    calls = []
+
+    @_tvm.derived_object
+    class DiesOnItsSecondBatch(ms.runner.PyRunner):
+        def run(self, runner_inputs):
+            calls.append(len(runner_inputs))
+            if len(calls) == 2:
+                raise KeyboardInterrupt("killed")
+            return [ms.runner.RunnerFuture(lambda: True, lambda: ms.runner.RunnerResult([1e-4], None))
+                    for _ in runner_inputs]
+
+    monkeypatch.setattr(run, "_runner", lambda device, rpc: DiesOnItsSecondBatch())
+    monkeypatch.setenv("TVM_ATTN_TUNING_DIR", str(tmp_path))
+    with pytest.raises(BaseException, match="killed"):
+        run.tune(SPEC, device="cuda", gpu=TGT.card, arch="sm_90a", trials=6, out_root=tmp_path, workers=2)
+    folder = tmp_path / TGT.card / SPEC.key
+    assert len(calls) == 2 and len(records.read_records(folder)) == calls[0] > 0
+
+
 @pytest.mark.parametrize("spec", [
     LinearSpec("gated_delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state", "v64"),
     LinearSpec("gated_delta_rule", "chunk", 128, 128, "bfloat16", False, 64, "state"),

@@ -178,7 +178,11 @@ def tune(spec, *, device: str, gpu: str, arch: str | None, trials: int, out_root
                                               adaptive_training=True, num_tuning_cores=workers or 2),
             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), Persist(scratch, folder),
                                progress],
-            task_scheduler="gradient",
+            # round-robin joins every batch the runner has finished before it sends the next one, so each
+            # batch's records are persisted (and its progress line printed) as soon as it is measured; the
+            # gradient scheduler joins none until every task has had its first batch (a variant space's 6-11
+            # tasks: a whole short run), which a kill in that round would have lost
+            task_scheduler="round-robin",
         )
         print(flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
