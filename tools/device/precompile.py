@@ -25,7 +25,8 @@ def specs():
         parts += [("output", "")]
         if rule == "add" and gate != "vector":  # the fused state and output (torch_ops.fused_pass)
             parts += [("fused", "")]
-        if rule == "add" and gate != "vector" and varlen:  # the segmented state pass (torch_ops._segmented_state)
+        if rule == "add" and gate != "vector" and varlen:  # the sequences in segments (torch_ops._segmented;
+            # the fused kernel on them is the varlen fused spec above)
             parts += [("state_local", SEGMENT_TILING), ("state", SEGMENT_TILING), ("carry", "")]
         for part, tiles in parts:
             yield LinearSpec(op, "chunk", 128, 128, dt, varlen, 64, part, tiles)
