@@ -23,7 +23,7 @@ def specs():
         parts = [("prep", "")] if rule == "delta" else []
         parts += [("state", t) for t in ("", *SPLIT_TILINGS.get(("state", rule, gate), ()))]
         parts += [("output", "")]
-        if rule == "add" and gate != "vector":  # the fused state and output (torch_ops.fused_pass)
+        if gate != "vector":  # the fused state and output (torch_ops.fused_pass; every op but gla)
             parts += [("fused", "")]
         if rule == "add" and gate != "vector" and varlen:  # the sequences in segments (torch_ops._segmented;
             # the fused kernel on them is the varlen fused spec above)
