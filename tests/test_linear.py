@@ -365,8 +365,8 @@ def test_fused_segment_chunks_by_shape(monkeypatch):
     for op in ("gla", "delta_rule", "gated_delta_rule"):
         assert seg(op, 1, 16, 128, 128, 64, 512, cuda) == 0
     assert seg("simple_gla", 1, 16, 128, 128, 64, 512, torch.device("cpu")) == 0
-    # a call with the fused kernel on segments builds no state or output kernel (the kernels built for
-    # the CPU, the decision forced as on an H200 at (1, 1024))
+    # a call the decision sends to the fused kernel on segments (forced here: 4-chunk segments, the
+    # kernels built for the CPU) builds no state or output kernel
     monkeypatch.setattr(build, "_by_spec", {})
     monkeypatch.setattr(torch_ops, "fused_segment_chunks", lambda *a: 4)
     inp = make_inputs("simple_gla", shape(1000, b=1), "float32", "cpu", seed=3)

@@ -180,8 +180,8 @@ def tune(spec, *, device: str, gpu: str, arch: str | None, trials: int, out_root
                                progress],
             # round-robin joins every batch the runner has finished before it sends the next one, so each
             # batch's records are persisted (and its progress line printed) as soon as it is measured; the
-            # gradient scheduler joins none until every task has had its first batch (a variant space's 6-11
-            # tasks: a whole short run), which a kill in that round would have lost
+            # gradient scheduler joins none until every task has had its first batch (a variant space's 2-11
+            # tasks: a short run's every batch), which a kill in that round would have lost
             task_scheduler="round-robin",
         )
         print(flush=True)
